@@ -1,0 +1,526 @@
+"""Training data: CIFAR-10/100 (balanced and long-tailed), scikit-learn digits, ImageNet-LT, iNat 2018.
+
+Every dataset yields `(x, y)`: `x` a float32 tensor 3 x img_size x img_size in [-1, 1], `y` an int
+class label in [0, num_class). Every dataset has the attributes `num_class` (int), `class_counts`
+(np.int64, length num_class) and `targets` (np.int64, one label per item).
+
+`AugmentPipe` is the ADA-style batched augmentation of `--augm` (see its docstring).
+
+Long-tailed subsets follow the reference (LDAM-DRW's IMBALANCECIFAR): class i keeps
+`int(n_i * imb_factor ** (i / (C - 1)))` images ("exp") where n_i is the class's base size, and
+the kept images are the first ones of each class's indices after `np.random.seed(0)` and one
+`np.random.shuffle` per class, classes in increasing order.
+"""
+import json
+import math
+import os
+import pickle
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from utils import UserError
+
+DATA_TYPES = ('cifar10', 'cifar100', 'cifar10lt', 'cifar100lt', 'digitslt', 'imagenetlt', 'inat2018')
+IMB_TYPES = ('exp', 'step')
+
+_CIFAR = {
+    # name: (folder, train files, test files, label key, num classes)
+    'cifar10': ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'],
+                'labels', 10),
+    'cifar100': ('cifar-100-python', ['train'], ['test'], 'fine_labels', 100),
+}
+_CIFAR_TITLE = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
+_IMAGE_LIST_DEFAULT = {
+    ('imagenetlt', True): 'ImageNet_LT_train.txt', ('imagenetlt', False): 'ImageNet_LT_test.txt',
+    ('inat2018', True): 'train2018.json', ('inat2018', False): 'val2018.json',
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks and the long-tail profile
+
+def check_data_type(data_type):
+    """Raise UserError unless `data_type` is one of DATA_TYPES."""
+    if data_type not in DATA_TYPES:
+        raise UserError(f'--data_type {data_type!r}: unknown data type; choose one of '
+                        f'{", ".join(DATA_TYPES)}')
+
+
+def check_imb(imb_factor, imb_type='exp'):
+    """Raise UserError unless 0 < imb_factor <= 1 and imb_type is 'exp' or 'step'."""
+    try:
+        ok = 0.0 < float(imb_factor) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f'--imb_factor {imb_factor}: must be in (0, 1] (smallest/largest class '
+                        f'size ratio, e.g. 0.01)')
+    if imb_type not in IMB_TYPES:
+        raise UserError(f'imb_type {imb_type!r}: must be one of {", ".join(IMB_TYPES)}')
+
+
+def long_tail_counts(base_sizes, imb_factor, imb_type='exp'):
+    """Images kept per class: list of C ints.
+
+    `base_sizes`: C numbers (n_max repeated for CIFAR; each class's own size for digits).
+    'exp': int(n_i * imb_factor ** (i / (C - 1))); 'step': the first C // 2 classes keep n_i,
+    the rest int(n_i * imb_factor).
+    """
+    check_imb(imb_factor, imb_type)
+    sizes = [float(n) for n in base_sizes]
+    num = len(sizes)
+    if imb_type == 'exp':
+        return [int(n * imb_factor ** (i / max(num - 1, 1))) for i, n in enumerate(sizes)]
+    return [int(n) if i < num // 2 else int(n * imb_factor) for i, n in enumerate(sizes)]
+
+
+def select_long_tail(targets, counts, seed=0):
+    """Indices (np.int64) of the kept items, grouped by class in increasing class order.
+
+    Identical to the reference's `np.random.seed(seed)` followed, for each class c in order, by
+    `idx = np.where(targets == c)[0]; np.random.shuffle(idx); keep idx[:counts[c]]`.
+    """
+    targets = np.asarray(targets)
+    rng = np.random.RandomState(seed)
+    kept = []
+    for c, n in enumerate(counts):
+        idx = np.where(targets == c)[0]
+        rng.shuffle(idx)
+        kept.append(idx[:n])
+    return np.concatenate(kept).astype(np.int64) if kept else np.zeros(0, np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset classes
+
+def _to_unit(img):
+    """uint8 image tensor (0..255) or float in [0, 1] -> float32 in [0, 1]."""
+    if img.dtype == torch.uint8:
+        return img.float().div_(255.0)
+    return img.float()
+
+
+def _resize(img, size):
+    """3 x h x w float in [0, 1] -> 3 x size x size (bilinear, antialiased); no-op at native size."""
+    if img.shape[-2:] == (size, size):
+        return img
+    out = F.interpolate(img[None], size=(size, size), mode='bilinear', align_corners=False,
+                        antialias=True)[0]
+    return out.clamp_(0.0, 1.0)
+
+
+class _LabelledDataset(Dataset):
+    """Shared label bookkeeping: `targets`, `num_class`, `class_counts`, `class_weights`."""
+
+    def _set_labels(self, targets, num_class):
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.num_class = int(num_class)
+        self.class_counts = np.bincount(self.targets, minlength=self.num_class).astype(np.int64)
+
+    @property
+    def class_weights(self):
+        """Class frequencies of this set (float64, length num_class, sums to 1)."""
+        return self.class_counts / max(int(self.class_counts.sum()), 1)
+
+    def __len__(self):
+        return len(self.targets)
+
+
+class ArrayImageDataset(_LabelledDataset):
+    """Images held in memory as one tensor.
+
+    images: N x 3 x h x w, uint8 (0..255) or float32 in [0, 1]; targets: N ints.
+    Items: (float32 3 x img_size x img_size in [-1, 1], int label); random horizontal flip
+    with probability 0.5 when `hflip`. `indices`: positions of the items in the source data.
+    """
+
+    def __init__(self, images, targets, num_class, img_size=32, hflip=True, indices=None):
+        self.images = images
+        self.img_size = int(img_size)
+        self.hflip = bool(hflip)
+        self.indices = (np.arange(len(targets), dtype=np.int64) if indices is None
+                        else np.asarray(indices, dtype=np.int64))
+        self._set_labels(targets, num_class)
+
+    def __getitem__(self, i):
+        x = _resize(_to_unit(self.images[i]), self.img_size)
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x.mul(2.0).sub_(1.0).contiguous(), int(self.targets[i])
+
+
+class ImageListDataset(_LabelledDataset):
+    """Image files decoded on access (ImageNet-LT, iNaturalist 2018).
+
+    Each image: PIL, RGB, centre crop to a square, resize to img_size (bicubic, antialiased),
+    random horizontal flip when `hflip`. Items as ArrayImageDataset.
+    """
+
+    def __init__(self, paths, targets, num_class, img_size=32, hflip=True):
+        self.paths = list(paths)
+        self.img_size = int(img_size)
+        self.hflip = bool(hflip)
+        self._set_labels(targets, num_class)
+
+    def __getitem__(self, i):
+        x = load_image(self.paths[i], self.img_size)
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x.mul(2.0).sub_(1.0).contiguous(), int(self.targets[i])
+
+
+def load_image(path, size):
+    """Image file -> float32 3 x size x size in [0, 1] (RGB, centre square crop, bicubic resize)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im = im.convert('RGB')
+            w, h = im.size
+            s = min(w, h)
+            left, top = (w - s) // 2, (h - s) // 2
+            im = im.crop((left, top, left + s, top + s))
+            if s != size:
+                im = im.resize((size, size), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise UserError(f'image {path} not found; check --root and the list file') from None
+    except Exception as e:  # PIL raises several kinds for broken files
+        raise UserError(f'image {path} cannot be read ({type(e).__name__}: {e}); '
+                        f'replace or remove it') from None
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR on disk (torchvision's layout, no checksum verification)
+
+def _cifar_paths(name, root, train):
+    folder, train_files, test_files, _, _ = _CIFAR[name]
+    return [os.path.join(root, folder, f) for f in (train_files if train else test_files)]
+
+
+def _cifar_missing(name, root, train):
+    return [p for p in _cifar_paths(name, root, train) if not os.path.isfile(p)]
+
+
+def _download_cifar(name, root):
+    """torchvision download + extract into `root` (only with --download)."""
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if name == 'cifar10' else torchvision.datasets.CIFAR100
+    try:
+        os.makedirs(root, exist_ok=True)
+        cls(root=root, train=True, download=True)
+    except Exception as e:
+        raise UserError(f'--download: could not download {_CIFAR_TITLE[name]} into --root {root} '
+                        f'({type(e).__name__}: {e}); fetch it by hand and place '
+                        f'{_CIFAR[name][0]}/ under --root') from None
+
+
+def _read_cifar_file(path, label_key, num_class):
+    """One pickled CIFAR batch -> (uint8 N x 3 x 32 x 32, int64 N); UserError when malformed."""
+    try:
+        with open(path, 'rb') as f:
+            entry = pickle.load(f, encoding='latin1')
+        entry = {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
+        data = np.asarray(entry['data'])
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(f'data is {data.dtype} {data.shape}, expected uint8 N x 3072')
+        if labels.shape != (data.shape[0],):
+            raise ValueError(f'{len(labels)} labels for {data.shape[0]} images')
+        if labels.size and (labels.min() < 0 or labels.max() >= num_class):
+            raise ValueError(f'labels outside 0..{num_class - 1}')
+    except Exception as e:
+        raise UserError(f'CIFAR file {path} is corrupt or not in the CIFAR python format '
+                        f'({type(e).__name__}: {e}); delete its folder and pass --download, '
+                        f'or restore the file') from None
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar(name, root, train=True, download=False):
+    """CIFAR-10/100 ('cifar10' / 'cifar100') from `root` -> (uint8 N x 3 x 32 x 32, int64 N)."""
+    missing = _cifar_missing(name, root, train)
+    if missing and download:
+        _download_cifar(name, root)
+        missing = _cifar_missing(name, root, train)
+    if missing:
+        raise UserError(f'--root {root}: {_CIFAR_TITLE[name]} not found (expected {missing[0]}); '
+                        f'download it or pass --download')
+    _, _, _, label_key, num_class = _CIFAR[name]
+    parts = [_read_cifar_file(p, label_key, num_class) for p in _cifar_paths(name, root, train)]
+    data = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))
+    return data, np.concatenate([p[1] for p in parts])
+
+
+def _cifar_dataset(data_type, root, img_size, imb_factor, imb_type, train, download, hflip, seed):
+    name = data_type[:-2] if data_type.endswith('lt') else data_type
+    num_class = _CIFAR[name][4]
+    if data_type.endswith('lt') and train:
+        check_imb(imb_factor, imb_type)
+    data, labels = load_cifar(name, root, train, download)
+    indices = None
+    if data_type.endswith('lt') and train:
+        n_max = int(np.bincount(labels, minlength=num_class).max())
+        counts = long_tail_counts([n_max] * num_class, imb_factor, imb_type)
+        indices = select_long_tail(labels, counts, seed)
+        data, labels = data[indices], labels[indices]
+    return ArrayImageDataset(torch.from_numpy(np.ascontiguousarray(data)), labels, num_class,
+                             img_size, hflip, indices)
+
+
+# ----------------------------------------------------------------------------------------------
+# scikit-learn digits
+
+def load_digits_images():
+    """All 1797 sklearn digits -> (float32 N x 3 x 8 x 8 in [0, 1], int64 N)."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.from_numpy((d.images / 16.0).astype(np.float32))[:, None].repeat(1, 3, 1, 1)
+    return x.contiguous(), d.target.astype(np.int64)
+
+
+def _digits_dataset(img_size, imb_factor, imb_type, long_tail, seed):
+    """Digits, optionally long-tailed with each class's own size as its base size.
+
+    With imb_factor 0.1 ('exp') this keeps 178, 140, 106, 84, 65, 50, 38, 29, 22, 18 = 730
+    images (class i keeps int(n_i * 0.1 ** (i / 9)), n_i = that class's count). Never flipped.
+    """
+    images, labels = load_digits_images()
+    indices = None
+    if long_tail:
+        sizes = np.bincount(labels, minlength=10)
+        indices = select_long_tail(labels, long_tail_counts(sizes, imb_factor, imb_type), seed)
+        images, labels = images[torch.from_numpy(indices)], labels[indices]
+    return ArrayImageDataset(images, labels, 10, img_size, hflip=False, indices=indices)
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageNet-LT list files and iNaturalist 2018 json
+
+def _list_path(data_type, root, list_file, train=True):
+    path = list_file or _IMAGE_LIST_DEFAULT[(data_type, train)]
+    if not os.path.isabs(path):
+        path = os.path.join(root, path)
+    if not os.path.isfile(path):
+        raise UserError(f'--list_file {path}: annotation file not found; pass --list_file or put '
+                        f'it under --root {root}')
+    return path
+
+
+def read_imagenet_list(path, root):
+    """ImageNet-LT list (`relative/path.jpg label` per line) -> (paths, int64 labels, num_class)."""
+    paths, labels = [], []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(None, 1)
+            if len(parts) != 2 or not parts[1].lstrip('-').isdigit() or int(parts[1]) < 0:
+                raise UserError(f'list file {path} line {lineno}: expected "relative/path label", '
+                                f'got {line.strip()!r}')
+            paths.append(os.path.join(root, parts[0].strip()))
+            labels.append(int(parts[1]))
+    labels = np.asarray(labels, dtype=np.int64)
+    return paths, labels, int(labels.max()) + 1 if labels.size else 0
+
+
+def read_inat_json(path, root):
+    """iNat 2018 json -> (paths, int64 labels, num_class); category ids -> 0..C-1 sorted."""
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        files = {im['id']: im['file_name'] for im in meta['images']}
+        anns = [(a['image_id'], a['category_id']) for a in meta['annotations']]
+        cat_ids = sorted({c['id'] for c in meta.get('categories', [])} | {c for _, c in anns})
+        remap = {c: i for i, c in enumerate(cat_ids)}
+        paths = [os.path.join(root, files[i]) for i, _ in anns]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f'annotation file {path} is not an iNaturalist json (images/annotations/'
+                        f'categories) ({type(e).__name__}: {e})') from None
+    labels = np.asarray([remap[c] for _, c in anns], dtype=np.int64)
+    return paths, labels, len(cat_ids)
+
+
+def _read_list(data_type, root, list_file, train=True):
+    path = _list_path(data_type, root, list_file, train)
+    reader = read_imagenet_list if data_type == 'imagenetlt' else read_inat_json
+    return reader(path, root)
+
+
+def _image_list_dataset(data_type, root, img_size, train, hflip, list_file):
+    paths, labels, num_class = _read_list(data_type, root, list_file, train)
+    if not paths:
+        raise UserError(f'--list_file for {data_type}: the annotation file lists no images')
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f'image {missing[0]} not found ({len(missing)} of {len(paths)} listed '
+                        f'images missing); check --root {root} and the list file')
+    return ImageListDataset(paths, labels, num_class, img_size, hflip)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+
+def _check_img_size(img_size):
+    if not isinstance(img_size, (int, np.integer)) or img_size < 1:
+        raise UserError(f'--img_size {img_size}: must be a positive integer')
+
+
+def build_dataset(data_type, root, img_size=32, imb_factor=0.01, imb_type='exp', train=True,
+                  download=False, hflip=True, list_file='', seed=0):
+    """The training set (train=False: the balanced test set / test list).
+
+    Items: (float32 3 x img_size x img_size in [-1, 1], int y). Attributes: num_class,
+    class_counts (np.int64), targets (np.int64), class_weights (frequencies, sum 1).
+    `seed` picks the long-tailed subset (0 = the reference's). Digits are never flipped.
+    """
+    check_data_type(data_type)
+    _check_img_size(img_size)
+    if data_type.startswith('cifar'):
+        return _cifar_dataset(data_type, root, img_size, imb_factor, imb_type, train, download,
+                              hflip, seed)
+    if data_type == 'digitslt':
+        if train:
+            check_imb(imb_factor, imb_type)
+        return _digits_dataset(img_size, imb_factor, imb_type, train, seed)
+    return _image_list_dataset(data_type, root, img_size, train, hflip, list_file)
+
+
+def build_reference_dataset(data_type, root, img_size=32, download=False, list_file=''):
+    """The balanced set FID statistics / reference features come from; never flipped.
+
+    cifar10(lt) -> the 50000 CIFAR-10 training images, cifar100(lt) -> CIFAR-100 train,
+    digitslt -> all 1797 digits, imagenetlt / inat2018 -> the training list itself.
+    """
+    check_data_type(data_type)
+    _check_img_size(img_size)
+    if data_type.startswith('cifar'):
+        base = data_type[:-2] if data_type.endswith('lt') else data_type
+        return _cifar_dataset(base, root, img_size, 1.0, 'exp', True, download, False, 0)
+    if data_type == 'digitslt':
+        return _digits_dataset(img_size, 1.0, 'exp', False, 0)
+    return _image_list_dataset(data_type, root, img_size, True, False, list_file)
+
+
+def num_classes(data_type, root='', list_file=''):
+    """Number of classes: 10 / 100 for CIFAR and digits, else read from the annotation file."""
+    check_data_type(data_type)
+    if data_type.startswith('cifar'):
+        return _CIFAR[data_type[:-2] if data_type.endswith('lt') else data_type][4]
+    if data_type == 'digitslt':
+        return 10
+    return _read_list(data_type, root, list_file)[2]
+
+
+# ----------------------------------------------------------------------------------------------
+# ADA-style augmentation
+
+def _eye(batch, device):
+    return torch.eye(3, device=device).repeat(batch, 1, 1)
+
+
+def _scale2d(sx, sy):
+    m = _eye(len(sx), sx.device)
+    m[:, 0, 0], m[:, 1, 1] = sx, sy
+    return m
+
+
+def _rotate2d(theta):
+    m = _eye(len(theta), theta.device)
+    c, s = theta.cos(), theta.sin()
+    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = c, -s, s, c
+    return m
+
+
+def _translate2d(tx, ty):
+    m = _eye(len(tx), tx.device)
+    m[:, 0, 2], m[:, 1, 2] = tx, ty
+    return m
+
+
+class AugmentPipe:
+    """Batched ADA-style geometric augmentation (runs on x's device).
+
+    Per image: x-flip with probability `xflip_p`; with probability `p` each, independently: y-flip,
+    isotropic scale 2**(0.2 N(0,1)), rotation U(-pi, pi), anisotropic scale 2**(0.2 N(0,1)) along
+    an angle phi ~ U(-pi, pi), translation N(0,1)/8 of the image size per axis. One affine matrix
+    per image; bicubic resampling with reflection padding.
+
+    `__call__(x)` with x B x 3 x H x W in [-1, 1] returns (x_aug, augm): x_aug same shape/dtype/
+    device, clamped to [-1, 1] (bicubic overshoots a little), augm B x 9 float32 =
+    [xflip, yflip, log2 s, cos(rot) - 1, sin(rot), log2 a cos(phi), log2 a sin(phi), tx, ty]
+    with zeros for ops not applied (all zeros = no augmentation, as at sampling).
+    tx, ty are fractions of the width/height; positive tx moves the content right, ty down;
+    positive rot turns it clockwise on screen.
+    """
+
+    SCALE_STD = 0.2
+    TRANSLATE_STD = 0.125
+
+    def __init__(self, p=0.12, xflip_p=0.5):
+        self.p = float(p)
+        self.xflip_p = float(xflip_p)
+
+    def sample_params(self, batch, device, generator=None):
+        """Draw the per-image parameters: dict of B-vectors (identity values where not applied)."""
+        def rand(*shape):
+            return torch.rand(shape, device=device, generator=generator)
+
+        def randn(*shape):
+            return torch.randn(shape, device=device, generator=generator)
+
+        def gate(v, prob, idle=0.0):
+            mask = rand(batch) < prob
+            return torch.where(mask.view(-1, *([1] * (v.dim() - 1))), v, torch.full_like(v, idle))
+
+        ones = torch.ones(batch, device=device)
+        t = gate(randn(batch, 2) * self.TRANSLATE_STD, self.p)
+        return {
+            'xflip': gate(ones, self.xflip_p), 'yflip': gate(ones, self.p),
+            'log_s': gate(randn(batch) * self.SCALE_STD, self.p),
+            'rot': gate((rand(batch) * 2 - 1) * math.pi, self.p),
+            'log_a': gate(randn(batch) * self.SCALE_STD, self.p),
+            'phi': (rand(batch) * 2 - 1) * math.pi,
+            'tx': t[:, 0], 'ty': t[:, 1],
+        }
+
+    @staticmethod
+    def encode(params):
+        """Parameters -> B x 9 conditioning vector (see the class docstring)."""
+        la, phi = params['log_a'], params['phi']
+        return torch.stack([params['xflip'], params['yflip'], params['log_s'],
+                            params['rot'].cos() - 1, params['rot'].sin(),
+                            la * phi.cos(), la * phi.sin(), params['tx'], params['ty']], 1).float()
+
+    @staticmethod
+    def matrix(params, height, width):
+        """Forward content transform in pixel units about the image centre: B x 3 x 3."""
+        p = params
+        s = torch.exp2(p['log_s'])
+        a = torch.exp2(p['log_a'])
+        m = _scale2d(1 - 2 * p['xflip'], 1 - 2 * p['yflip'])
+        m = _scale2d(s, s) @ m
+        m = _rotate2d(p['rot']) @ m
+        m = _rotate2d(p['phi']) @ _scale2d(a, 1 / a) @ _rotate2d(-p['phi']) @ m
+        return _translate2d(p['tx'] * width, p['ty'] * height) @ m
+
+    def apply(self, x, params):
+        """Warp x (B x C x H x W in [-1, 1]) by `params`; same shape, dtype, device, range."""
+        b, _, h, w = x.shape
+        fwd = self.matrix({k: v.to(x.device, torch.float32) for k, v in params.items()}, h, w)
+        to_pix = _scale2d(torch.full((b,), w / 2, device=x.device),
+                          torch.full((b,), h / 2, device=x.device))
+        to_norm = _scale2d(torch.full((b,), 2 / w, device=x.device),
+                           torch.full((b,), 2 / h, device=x.device))
+        theta = (to_norm @ torch.linalg.inv(fwd) @ to_pix)[:, :2]
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x.float(), grid, mode='bicubic', padding_mode='reflection',
+                            align_corners=False)
+        return out.clamp_(-1.0, 1.0).to(x.dtype)
+
+    def __call__(self, x, generator=None):
+        """x: B x 3 x H x W in [-1, 1] -> (x_aug, augm B x 9); see the class docstring."""
+        params = self.sample_params(x.shape[0], x.device, generator)
+        return self.apply(x, params), self.encode(params)

@@ -1,0 +1,295 @@
+"""Gaussian diffusion: the CBDM training objective and the DDPM / DDIM samplers.
+
+Notation follows Ho et al. (2020): betas (T), alphas = 1 - betas, alphas_bar = cumprod(alphas),
+x_t = sqrt(alphas_bar_t) x_0 + sqrt(1 - alphas_bar_t) eps. Time indices t are 0-based (0..T-1).
+
+Models are called as `model(x, t, y=None, augm=None)`; a label entry of -1 means "no label" for
+that sample. Guidance and the class-balancing loss use it to run their conditional and
+unconditional (or balanced) passes as one batched forward.
+"""
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NO_LABEL = -1
+AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def extract(v, t, x_shape):
+    """Gather v[t] (v: T, t: B) and reshape to B x 1 x 1 x ... for broadcasting over x_shape."""
+    out = torch.gather(v, index=t, dim=0).float()
+    return out.view([t.shape[0]] + [1] * (len(x_shape) - 1))
+
+
+def linear_betas(beta_1, beta_T, T):
+    """The linear schedule of DDPM, in float64."""
+    return torch.linspace(beta_1, beta_T, T, dtype=torch.float64)
+
+
+def autocast(device, amp):
+    """torch.autocast for `amp` in {'none', 'bf16', 'fp16'} on `device` (a null context for 'none')."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+class GaussianDiffusionTrainer(nn.Module):
+    """CBDM training loss.
+
+    Args:
+        model: eps-prediction network.
+        beta_1, beta_T, T: linear beta schedule.
+        num_class: number of classes (needed by `cb`).
+        cfg: drop the labels of the whole batch with probability `p_uncond` (classifier-free guidance).
+        cb: add the class-balancing regulariser (implies the same label dropout).
+        tau: weight of the regulariser.
+        weight: target label distribution for y_bal (num_class, sums to 1); the training-set class
+            frequencies when training from scratch. Ignored (uniform) when `finetune`.
+        finetune: draw y_bal uniformly.
+        batched: run the two passes of the regulariser as one batched forward.
+    Forward:
+        x_0: B x C x H x W in [-1, 1]; y_0: B int64 labels or None; augm: B x 9 or None.
+        Returns (loss_ddpm, loss_reg), both B x C x H x W:
+        loss_ddpm = (eps_hat - eps)^2; loss_reg = w (h - sg(h_bal))^2 + 0.25 w (sg(h) - h_bal)^2 with
+        w = tau t / T (zeros without `cb` or when the batch was made unconditional).
+    """
+
+    def __init__(self, model, beta_1, beta_T, T, num_class=None, cfg=False, cb=False, tau=1.0,
+                 weight=None, finetune=False, p_uncond=0.1, batched=True):
+        super().__init__()
+        self.model = model
+        self.T = T
+        self.num_class = num_class
+        self.cfg, self.cb, self.tau = cfg, cb, tau
+        self.finetune = finetune
+        self.p_uncond = p_uncond
+        self.batched = batched
+        if cb:
+            if num_class is None:
+                raise ValueError('cb needs num_class')
+            if finetune or weight is None:
+                weight = torch.full((num_class,), 1.0 / num_class)
+            weight = torch.as_tensor(np.asarray(weight, dtype=np.float64), dtype=torch.float32)
+            self.register_buffer('weight', weight / weight.sum())
+        betas = linear_betas(beta_1, beta_T, T)
+        alphas_bar = torch.cumprod(1. - betas, dim=0)
+        self.register_buffer('sqrt_alphas_bar', torch.sqrt(alphas_bar).float())
+        self.register_buffer('sqrt_one_minus_alphas_bar', torch.sqrt(1. - alphas_bar).float())
+
+    def q_sample(self, x_0, t, noise):
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
+        return (extract(self.sqrt_alphas_bar, t, x_0.shape) * x_0 +
+                extract(self.sqrt_one_minus_alphas_bar, t, x_0.shape) * noise)
+
+    def draw_balanced_labels(self, batch_size, device):
+        """y_bal ~ Categorical(weight): B int64."""
+        return torch.multinomial(self.weight, batch_size, replacement=True).to(device)
+
+    def forward(self, x_0, y_0=None, augm=None):
+        t = torch.randint(self.T, size=(x_0.shape[0],), device=x_0.device)
+        noise = torch.randn_like(x_0)
+        if (self.cfg or self.cb) and torch.rand(()) < self.p_uncond:
+            y_0 = None
+        x_t = self.q_sample(x_0, t, noise)
+        return self.losses(x_t, t, noise, y_0, augm)
+
+    def losses(self, x_t, t, noise, y_0=None, augm=None):
+        """The two losses for fixed (x_t, t, eps, y): see the class docstring."""
+        if self.cb and y_0 is not None:
+            y_bal = self.draw_balanced_labels(x_t.shape[0], x_t.device)
+            h, h_bal = self.paired_forward(x_t, t, y_0, y_bal, augm)
+            w = (t.float() / self.T * self.tau).view(-1, *([1] * (x_t.dim() - 1)))
+            loss_reg = w * (h - h_bal.detach()).pow(2)
+            loss_com = w * (h.detach() - h_bal).pow(2)
+            loss_reg = loss_reg + 0.25 * loss_com
+        else:
+            h = self.model(x_t, t, y=y_0, augm=augm)
+            loss_reg = torch.zeros_like(h)
+        loss_ddpm = F.mse_loss(h.float(), noise, reduction='none')
+        return loss_ddpm, loss_reg.float()
+
+    def paired_forward(self, x_t, t, y, y_other, augm=None):
+        """model(x_t, t, y) and model(x_t, t, y_other), batched into one forward if `batched`."""
+        if not self.batched:
+            return (self.model(x_t, t, y=y, augm=augm),
+                    self.model(x_t, t, y=y_other, augm=augm))
+        augm2 = None if augm is None else torch.cat([augm, augm])
+        out = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), y=torch.cat([y, y_other]),
+                         augm=augm2)
+        return out.chunk(2)
+
+
+def timestep_subsequence(T, steps, skip_type='quad'):
+    """`steps` increasing time indices in [0, T), always starting at 0.
+
+    'uniform' spaces them evenly; 'quad' spaces their square roots evenly up to 0.8 T, which puts
+    more steps at low noise (the DDIM paper's choice for CIFAR-10; on Gaussian data it halves the
+    variance error of 50-step sampling).
+    """
+    if not 1 <= steps <= T:
+        raise ValueError(f'sample_steps must be in [1, {T}], got {steps}')
+    if skip_type == 'uniform':
+        seq = np.floor(np.arange(steps) * (T / steps))
+    elif skip_type == 'quad':
+        seq = np.linspace(0, np.sqrt(T * 0.8), steps) ** 2
+    else:
+        raise ValueError(f'unknown skip_type {skip_type}')
+    seq = np.unique(seq.astype(np.int64))
+    if len(seq) < steps:  # quad rounding merged some early steps: fill from the top
+        extra = np.setdiff1d(np.arange(T), seq)[::-1][:steps - len(seq)]
+        seq = np.sort(np.concatenate([seq, extra]))
+    return seq
+
+
+class GaussianDiffusionSampler(nn.Module):
+    """Ancestral DDPM sampling over all T steps (default) or DDIM over a subsequence.
+
+    Args:
+        model, beta_1, beta_T, T: as for training.
+        num_class: labels are drawn uniformly from [0, num_class) when not given.
+        img_size: H = W of generated images.
+        var_type: 'fixedlarge' (betas, first entry the posterior variance) or 'fixedsmall'
+            (the clipped posterior variance).
+        sampler: 'ddpm' or 'ddim'; sample_steps: DDIM steps; eta: DDIM stochasticity
+            (0 deterministic, 1 ancestral-like); skip_type: DDIM step spacing ('quad', 'uniform').
+        batched: evaluate the two guidance passes as one batched forward.
+        amp: 'none', 'bf16' or 'fp16' autocast for the network.
+    Forward:
+        x_T: B x 3 x H x W standard normal. Returns (x_0 clipped to [-1, 1], labels B int64, or
+        None for 'uncond' without given labels).
+    """
+
+    def __init__(self, model, beta_1, beta_T, T, num_class, img_size=32, var_type='fixedlarge',
+                 sampler='ddpm', sample_steps=None, eta=0.0, skip_type='quad', batched=True,
+                 amp='none'):
+        super().__init__()
+        if var_type not in ('fixedlarge', 'fixedsmall'):
+            raise ValueError(f'unknown var_type {var_type}')
+        if sampler not in ('ddpm', 'ddim'):
+            raise ValueError(f'unknown sampler {sampler}')
+        self.model = model
+        self.T = T
+        self.num_class = num_class
+        self.img_size = img_size
+        self.var_type = var_type
+        self.sampler = sampler
+        self.sample_steps = sample_steps or T
+        self.eta = eta
+        self.skip_type = skip_type
+        self.batched = batched
+        self.amp = amp
+
+        betas = linear_betas(beta_1, beta_T, T)
+        alphas = 1. - betas
+        alphas_bar = torch.cumprod(alphas, dim=0)
+        alphas_bar_prev = F.pad(alphas_bar, [1, 0], value=1)[:T]
+        posterior_var = betas * (1. - alphas_bar_prev) / (1. - alphas_bar)
+        buffers = {
+            'betas': betas,
+            'alphas_bar': alphas_bar,
+            'sqrt_recip_alphas_bar': torch.sqrt(1. / alphas_bar),
+            'sqrt_recipm1_alphas_bar': torch.sqrt(1. / alphas_bar - 1),
+            'posterior_var': posterior_var,
+            # the posterior variance is 0 at t = 0: clip the log to its value at t = 1
+            'posterior_log_var_clipped': torch.log(torch.cat([posterior_var[1:2], posterior_var[1:]])),
+            'posterior_mean_coef1': torch.sqrt(alphas_bar_prev) * betas / (1. - alphas_bar),
+            'posterior_mean_coef2': torch.sqrt(alphas) * (1. - alphas_bar_prev) / (1. - alphas_bar),
+            'fixedlarge_log_var': torch.log(torch.cat([posterior_var[1:2], betas[1:]])),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.float())
+        self.register_buffer('alphas_bar_f64', alphas_bar)
+
+    # --- the network, with guidance -------------------------------------------------------
+    def predict_eps(self, x_t, t, y=None, omega=0.0, method='cfg'):
+        """eps for 'uncond' (y ignored), 'cond' (eps(x, y)) and 'cfg'
+        ((1 + omega) eps(x, y) - omega eps(x, None)); B x C x H x W float32."""
+        with autocast(x_t.device, self.amp):
+            if method == 'uncond' or y is None:
+                eps = self.model(x_t, t, y=None)
+            elif method == 'cond' or omega == 0:
+                eps = self.model(x_t, t, y=y)
+            elif method == 'cfg':
+                eps_cond, eps_uncond = self.guidance_pair(x_t, t, y)
+                eps = eps_cond.float() + omega * (eps_cond.float() - eps_uncond.float())
+            else:
+                raise ValueError(f'unknown sample method {method}')
+        return eps.float()
+
+    def guidance_pair(self, x_t, t, y):
+        """(eps(x, y), eps(x, no label)), batched into one forward if `batched`."""
+        if not self.batched:
+            return self.model(x_t, t, y=y), self.model(x_t, t, y=None)
+        y_pair = torch.cat([y, torch.full_like(y, NO_LABEL)])
+        out = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), y=y_pair)
+        return out.chunk(2)
+
+    # --- DDPM ---------------------------------------------------------------------------
+    def predict_xstart_from_eps(self, x_t, t, eps):
+        return (extract(self.sqrt_recip_alphas_bar, t, x_t.shape) * x_t -
+                extract(self.sqrt_recipm1_alphas_bar, t, x_t.shape) * eps)
+
+    def q_mean_variance(self, x_0, x_t, t):
+        """Mean and log variance of the posterior q(x_{t-1} | x_t, x_0)."""
+        posterior_mean = (extract(self.posterior_mean_coef1, t, x_t.shape) * x_0 +
+                          extract(self.posterior_mean_coef2, t, x_t.shape) * x_t)
+        posterior_log_var = extract(self.posterior_log_var_clipped, t, x_t.shape)
+        return posterior_mean, posterior_log_var
+
+    def p_mean_variance(self, x_t, t, y=None, omega=0.0, method='cfg'):
+        """Mean and log variance of p(x_{t-1} | x_t): (B x C x H x W, B x 1 x 1 x 1)."""
+        log_var_table = (self.fixedlarge_log_var if self.var_type == 'fixedlarge'
+                         else self.posterior_log_var_clipped)
+        model_log_var = extract(log_var_table, t, x_t.shape)
+        eps = self.predict_eps(x_t, t, y, omega, method)
+        x_0 = self.predict_xstart_from_eps(x_t, t, eps)
+        model_mean, _ = self.q_mean_variance(x_0, x_t, t)
+        return model_mean, model_log_var
+
+    # --- DDIM ---------------------------------------------------------------------------
+    def ddim_step(self, x_t, t, t_prev, y, omega, method):
+        """One DDIM update from time index t to t_prev (-1 means the clean image)."""
+        eps = self.predict_eps(x_t, t, y, omega, method)
+        abar = extract(self.alphas_bar, t, x_t.shape)
+        x_0 = (x_t - torch.sqrt(1 - abar) * eps) / torch.sqrt(abar)
+        if t_prev[0] < 0:
+            return x_0
+        abar_prev = extract(self.alphas_bar, t_prev, x_t.shape)
+        sigma = self.eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+        direction = torch.sqrt((1 - abar_prev - sigma ** 2).clamp(min=0)) * eps
+        x_prev = torch.sqrt(abar_prev) * x_0 + direction
+        if self.eta > 0:
+            x_prev = x_prev + sigma * torch.randn_like(x_t)
+        return x_prev
+
+    # --- the loop -----------------------------------------------------------------------
+    def draw_labels(self, batch_size, device):
+        return torch.randint(0, self.num_class, (batch_size,), device=device)
+
+    @torch.no_grad()
+    def forward(self, x_T, omega=0.0, method='cfg', y=None):
+        if method not in ('cfg', 'cond', 'uncond'):
+            raise ValueError(f'unknown sample method {method}')
+        if method != 'uncond' and y is None:
+            y = self.draw_labels(x_T.shape[0], x_T.device)
+        y_model = None if method == 'uncond' else y
+        x_t = x_T
+        if self.sampler == 'ddpm':
+            for time_step in reversed(range(self.T)):
+                t = x_t.new_full((x_T.shape[0],), time_step, dtype=torch.long)
+                mean, log_var = self.p_mean_variance(x_t, t, y_model, omega, method)
+                if time_step > 0:
+                    x_t = mean + torch.exp(0.5 * log_var) * torch.randn_like(x_t)
+                else:
+                    x_t = mean
+        else:
+            steps = timestep_subsequence(self.T, self.sample_steps, self.skip_type)[::-1].tolist()
+            for time_step, prev_step in zip(steps, steps[1:] + [-1]):
+                t = x_t.new_full((x_T.shape[0],), time_step, dtype=torch.long)
+                t_prev = x_t.new_full((x_T.shape[0],), prev_step, dtype=torch.long)
+                x_t = self.ddim_step(x_t, t, t_prev, y_model, omega, method)
+        return torch.clip(x_t, -1, 1), y

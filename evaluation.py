@@ -1,0 +1,284 @@
+"""Flag checks, FID statistics, sampling and evaluation of trained runs (called by main.py).
+
+File names follow the reference: with name = {sample_name}_N{num_images}_STEP{ckpt_step},
+  LOGDIR/{method}_{omega}_samples_ema_{name}.npy   float32 N x 3 x H x W in [0, 1]
+  LOGDIR/{method}_{omega}_labels_ema_{name}.npy    int64 N (-1 for unconditional samples)
+  LOGDIR/{method}_{omega}_feats_ema_{name}.npz     Inception feats, probs, labels
+  LOGDIR/visual_ema_{method}_{omega}_{name}.png    16-wide grid of the first 256
+  LOGDIR/res_ema_{name}.txt                        results, appended
+  LOGDIR/eval.jsonl                                one JSON line per evaluation
+  LOGDIR/per_class_ema_{method}_{omega}_{name}.csv per-class FID / precision / recall
+"""
+import glob
+import os
+import time
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+from checkpoint import ckpt_path, load_checkpoint, load_model_state
+from dataset import build_dataset, build_reference_dataset, check_imb, num_classes
+from model import check_config
+from train import attn_levels, build_model, build_sampler, grid_labels, sample_grid
+from utils import UserError, append_jsonl, append_text, get_device, save_npy, save_npz
+
+LT_TYPES = ('cifar10lt', 'cifar100lt', 'digitslt')
+
+
+def check_flags(cfg):
+    """Reject flag combinations that cannot work, before anything is written."""
+    problem = check_config(cfg.ch, cfg.ch_mult, attn_levels(cfg.attn), cfg.img_size)
+    if problem:
+        raise UserError(problem)
+    if cfg.data_type in LT_TYPES:
+        check_imb(cfg.imb_factor, cfg.imb_type)
+    if cfg.train and (cfg.cb or cfg.cfg) and not cfg.conditional:
+        flag = '--cb' if cfg.cb else '--cfg'
+        raise UserError(f'{flag} needs --conditional (a label-conditional model)')
+    if cfg.omega < 0:
+        raise UserError(f'--omega {cfg.omega}: the guidance strength must be >= 0')
+    if (cfg.eval or cfg.eval_step > 0) and cfg.num_images < 1:
+        raise UserError(f'--num_images {cfg.num_images}: must be at least 1')
+    if cfg.batch_size < 1:
+        raise UserError(f'--batch_size {cfg.batch_size}: must be at least 1')
+    if cfg.sampler == 'ddim' and not 1 <= cfg.sample_steps <= cfg.T:
+        raise UserError(f'--sample_steps {cfg.sample_steps}: must be in [1, {cfg.T}]')
+    if cfg.eval or cfg.sample:
+        if cfg.sample_method in ('cfg', 'cond') and not cfg.conditional:
+            raise UserError(f'--sample_method {cfg.sample_method} needs a conditional model; '
+                            f'use --sample_method uncond or --conditional')
+
+
+def sample_name(cfg):
+    return f'{cfg.sample_name}_N{cfg.num_images}_STEP{cfg.ckpt_step}'
+
+
+def run_files(cfg):
+    name = sample_name(cfg)
+    prefix = os.path.join(cfg.logdir, f'{cfg.sample_method}_{cfg.omega}')
+    return {
+        'samples': f'{prefix}_samples_ema_{name}.npy',
+        'labels': f'{prefix}_labels_ema_{name}.npy',
+        'feats': f'{prefix}_feats_ema_{name}.npz',
+        'visual': os.path.join(cfg.logdir, f'visual_ema_{cfg.sample_method}_{cfg.omega}_{name}.png'),
+        'res': os.path.join(cfg.logdir, f'res_ema_{name}.txt'),
+        'jsonl': os.path.join(cfg.logdir, 'eval.jsonl'),
+        'per_class': os.path.join(cfg.logdir, f'per_class_ema_{cfg.sample_method}_{cfg.omega}_'
+                                              f'{name}.csv'),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the model of a run
+
+def load_ema_model(cfg, device):
+    """EMA weights of LOGDIR/ckpt_{ckpt_step}.pt in a UNet built from the flags.
+    Returns (model, num_class, checkpoint dict)."""
+    path = ckpt_path(cfg.logdir, cfg.ckpt_step)
+    ckpt = load_checkpoint(path)
+    state = ckpt['ema_model']
+    if cfg.sample_method != 'uncond' and 'label_embedding.weight' not in state:
+        raise UserError(f'--sample_method {cfg.sample_method}: checkpoint {path} is '
+                        f'unconditional; use --sample_method uncond')
+    if 'label_embedding.weight' in state:
+        num_class = state['label_embedding.weight'].shape[0]
+    else:
+        num_class = num_classes(cfg.data_type, cfg.root, cfg.list_file)
+    model = build_model(cfg, num_class)
+    load_model_state(model, state, path)
+    return model.to(device).eval(), num_class, ckpt
+
+
+def generate(sampler, num_images, batch_size, img_size, device, method, omega, seed, desc):
+    """num_images samples in batches: (float32 N x 3 x H x W in [0, 1], int64 labels or -1)."""
+    g = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    with tqdm(total=num_images, desc=desc, dynamic_ncols=True, unit='img') as pbar:
+        for start in range(0, num_images, batch_size):
+            n = min(batch_size, num_images - start)
+            x_T = torch.randn(n, 3, img_size, img_size, generator=g).to(device)
+            y = None
+            if method != 'uncond':
+                y = torch.randint(sampler.num_class, (n,), generator=g).to(device)
+            x, y = sampler(x_T, omega=omega, method=method, y=y)
+            images.append(((x.float() + 1) / 2).cpu().numpy())
+            labels.append(np.full(n, -1, np.int64) if y is None else y.cpu().numpy())
+            pbar.update(n)
+    return np.concatenate(images).astype(np.float32), np.concatenate(labels)
+
+
+def save_visual(images, path):
+    grid = make_grid(torch.from_numpy(images[:256]), nrow=16, pad_value=1.0)
+    tmp = path + '.tmp.png'
+    save_image(grid, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# --sample
+
+def sample(cfg):
+    """A class-per-row grid of `sample_size` images and the samples as .npy (no metrics)."""
+    device = get_device()
+    model, num_class, _ = load_ema_model(cfg, device)
+    sampler = build_sampler(cfg, model, num_class).to(device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x_T = torch.randn(cfg.sample_size, 3, cfg.img_size, cfg.img_size, generator=g)
+    if cfg.sample_method == 'uncond':
+        y, per_row = None, max(1, int(cfg.sample_size ** 0.5))
+    else:
+        y, per_row = grid_labels(num_class, cfg.sample_size)
+        x_T = x_T[:len(y)]
+    stem = os.path.join(cfg.logdir, f'sample_{cfg.sample_method}_{cfg.omega}_STEP{cfg.ckpt_step}')
+    images, labels = sample_grid(sampler, x_T.to(device), y, cfg.sample_method, cfg.omega, per_row,
+                                 stem + '.png', cfg.batch_size)
+    save_npy(stem + '.npy', images.numpy().astype(np.float32))
+    save_npy(stem + '_labels.npy', (np.full(len(images), -1, np.int64) if labels is None
+                                    else labels.numpy().astype(np.int64)))
+    print(f'wrote {stem}.png, {stem}.npy, {stem}_labels.npy')
+
+
+# ---------------------------------------------------------------------------------------------
+# --make_stats
+
+def default_fid_cache(data_type):
+    base = data_type[:-2] if data_type in ('cifar10lt', 'cifar100lt') else data_type
+    return os.path.join('stats', f'{base}.train.npz')
+
+
+def make_stats(cfg):
+    from score.evaluate import make_stats as write_stats
+    from score.inception import load_inception
+    device = get_device()
+    fid_cache = cfg.fid_cache if cfg.fid_cache_given else default_fid_cache(cfg.data_type)
+    net = load_inception(cfg.inception_weights or None, device)
+    dataset = build_reference_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.download,
+                                      cfg.list_file)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
+                                         num_workers=cfg.num_workers)
+    images = (((x + 1) / 2).clamp(0, 1) for x, _ in loader)
+    print(f'{cfg.data_type}: computing statistics of {len(dataset)} reference images')
+    out = write_stats(images, dataset.targets, fid_cache, net, batch_size=cfg.batch_size,
+                      device=device, amp=cfg.amp)
+    print(f'wrote {out["fid_cache"]} and {out["feats_path"]}')
+
+
+# ---------------------------------------------------------------------------------------------
+# --eval
+
+def load_saved(files, cfg):
+    """Samples and labels of a saved set (for --sampled), or a UserError listing what exists."""
+    if not os.path.isfile(files['samples']) and not os.path.isfile(files['feats']):
+        present = sorted(os.path.basename(p) for p in
+                         glob.glob(os.path.join(glob.escape(cfg.logdir), '*_samples_ema_*.npy')))
+        raise UserError(f'--sampled: no saved samples {files["samples"]}; saved sets in '
+                        f'{cfg.logdir}: {", ".join(present) or "none"} (check --sample_name, '
+                        f'--num_images, --ckpt_step, --sample_method, --omega)')
+    if not os.path.isfile(files['samples']):
+        return None, None
+    images = np.load(files['samples'], mmap_mode='r')
+    labels = np.load(files['labels']) if os.path.isfile(files['labels']) else None
+    return images, labels
+
+
+def features_of(images, labels, files, cfg, device, reuse):
+    """Inception features of the set, reused from the feats file when present and `reuse`."""
+    if reuse and os.path.isfile(files['feats']):
+        data = np.load(files['feats'])
+        if images is None or len(data['feats']) == len(images):
+            return data['feats'], data['probs'], data['labels']
+    from score.inception import compute_features, load_inception
+    net = load_inception(cfg.inception_weights or None, device)
+    feats, probs = compute_features(images, net, batch_size=cfg.batch_size, device=device,
+                                    amp=cfg.amp)
+    labels = np.full(len(feats), -1, np.int64) if labels is None else labels
+    save_npz(files['feats'], feats=feats, probs=probs, labels=labels)
+    return feats, probs, labels
+
+
+def class_counts_of(cfg, ckpt):
+    """Training-set images per class: from the checkpoint, else from the data set, else None."""
+    if ckpt is not None and ckpt.get('class_counts') is not None:
+        return np.asarray(ckpt['class_counts'])
+    try:
+        return build_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.imb_factor, cfg.imb_type,
+                             list_file=cfg.list_file).class_counts
+    except UserError:
+        return None
+
+
+def compute_metrics(cfg, feats, probs, labels, class_counts, device):
+    from score.evaluate import evaluate as score_evaluate
+    from score.evaluate import load_fid_cache, load_ref_feats, ref_feats_path
+    fid_cache = load_fid_cache(cfg.fid_cache)
+    ref = load_ref_feats(ref_feats_path(cfg.fid_cache))
+    if labels is not None and (labels < 0).all():
+        labels = None
+    return score_evaluate(feats, probs, labels, fid_cache, ref=ref, class_counts=class_counts,
+                          prd=cfg.prd, improved_prd=cfg.improved_prd,
+                          use_torch=cfg.fid_use_torch, device=device, many=cfg.many_shot,
+                          few=cfg.few_shot, seed=cfg.seed, log=print)
+
+
+def record(cfg, files, results, rows, extra):
+    from score.evaluate import format_results, write_per_class_csv
+    text = format_results(results)
+    header = (f'{time.strftime("%Y-%m-%d %H:%M:%S")} {cfg.sample_method} omega={cfg.omega} '
+              f'ckpt_step={cfg.ckpt_step} sampler={cfg.sampler}\n')
+    print(header + text)
+    append_text(files['res'], header + text + '\n')
+    append_jsonl(files['jsonl'], {**extra, **results})
+    if rows:
+        write_per_class_csv(files['per_class'], rows)
+
+
+def evaluate(cfg):
+    """--eval: generate (or load with --sampled) num_images, compute and record the metrics."""
+    from score.evaluate import load_fid_cache
+    device = get_device()
+    load_fid_cache(cfg.fid_cache)  # fail before hours of sampling, not after
+    files = run_files(cfg)
+    ckpt = None
+    if cfg.sampled:
+        images, labels = load_saved(files, cfg)
+        if os.path.isfile(ckpt_path(cfg.logdir, cfg.ckpt_step)):
+            ckpt = load_checkpoint(ckpt_path(cfg.logdir, cfg.ckpt_step))
+    else:
+        model, num_class, ckpt = load_ema_model(cfg, device)
+        sampler = build_sampler(cfg, model, num_class).to(device)
+        images, labels = generate(sampler, cfg.num_images, cfg.batch_size, cfg.img_size, device,
+                                  cfg.sample_method, cfg.omega, cfg.seed, 'sampling')
+        save_npy(files['samples'], images)
+        save_npy(files['labels'], labels)
+    if images is not None:
+        save_visual(np.asarray(images[:256]), files['visual'])
+    feats, probs, labels = features_of(images, labels, files, cfg, device, reuse=cfg.sampled)
+    results, rows = compute_metrics(cfg, feats, probs, labels, class_counts_of(cfg, ckpt), device)
+    extra = {'logdir': cfg.logdir, 'ckpt_step': cfg.ckpt_step, 'sample_method': cfg.sample_method,
+             'omega': cfg.omega, 'sampler': cfg.sampler, 'name': sample_name(cfg),
+             'fid_cache': cfg.fid_cache, 'data_type': cfg.data_type}
+    record(cfg, files, results, rows, extra)
+    return results
+
+
+def evaluate_during_training(cfg, ema_model, dataset, step, writer, out_dir):
+    """--eval_step: evaluate the EMA model now, log to tensorboard and eval.jsonl."""
+    import copy
+    device = next(ema_model.parameters()).device
+    sampler = build_sampler(cfg, ema_model, dataset.num_class).to(device)
+    method = cfg.sample_method if cfg.conditional else 'uncond'
+    images, labels = generate(sampler, cfg.num_images, cfg.batch_size, cfg.img_size, device,
+                              method, cfg.omega, cfg.seed, f'eval step {step}')
+    run_cfg = copy.copy(cfg)
+    run_cfg.logdir, run_cfg.ckpt_step, run_cfg.sample_method = out_dir, step, method
+    files = run_files(run_cfg)
+    feats, probs, labels = features_of(images, labels, files, run_cfg, device, reuse=False)
+    results, rows = compute_metrics(run_cfg, feats, probs, labels, dataset.class_counts, device)
+    for key, value in results.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(f'eval/{key}', value, step)
+    record(run_cfg, files, results, rows, {'logdir': out_dir, 'ckpt_step': step,
+                                           'sample_method': method, 'omega': cfg.omega,
+                                           'sampler': cfg.sampler, 'during_training': True})

@@ -1,0 +1,316 @@
+"""Tests for dataset.py: CIFAR layout and long-tailed subsets, digits, image lists, AugmentPipe."""
+import json
+import math
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import dataset as D  # noqa: E402
+from utils import UserError  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# Fake CIFAR files in torchvision's pickle layout
+
+from fakedata import _dump, _fake_images, write_cifar10, write_cifar100  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def cifar10_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('c10'))
+    return (root,) + write_cifar10(root)
+
+
+@pytest.fixture(scope='module')
+def cifar100_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('c100'))
+    return (root,) + write_cifar100(root)
+
+
+def reference_selection(data, labels, counts):
+    """The reference's gen_imbalanced_data, literally (global numpy RNG)."""
+    np.random.seed(0)
+    new_data, new_targets = [], []
+    for the_class, the_img_num in zip(np.unique(labels), counts):
+        idx = np.where(labels == the_class)[0]
+        np.random.shuffle(idx)
+        selec_idx = idx[:the_img_num]
+        new_data.append(data[selec_idx])
+        new_targets.extend([the_class] * the_img_num)
+    return np.vstack(new_data), np.array(new_targets)
+
+
+# ----------------------------------------------------------------------------------------------
+# Long-tail counts
+
+def test_count_formula_totals():
+    assert sum(D.long_tail_counts([500] * 100, 0.01)) == 10847
+    assert sum(D.long_tail_counts([5000] * 10, 0.01)) == 12406
+    c10 = D.long_tail_counts([5000] * 10, 0.01)
+    assert c10[0] == 5000 and c10[-1] == 50
+    assert D.long_tail_counts([5000] * 10, 0.01, 'step') == [5000] * 5 + [50] * 5
+    assert D.long_tail_counts([500] * 100, 1.0) == [500] * 100
+
+
+@pytest.mark.parametrize('imb_type', ['exp', 'step'])
+def test_cifar10lt_counts_and_selection(cifar10_root, imb_type):
+    root, data, labels = cifar10_root
+    ds = D.build_dataset('cifar10lt', root, imb_factor=0.1, imb_type=imb_type)
+    expect = ([int(50 * 0.1 ** (i / 9)) for i in range(10)] if imb_type == 'exp'
+              else [50] * 5 + [5] * 5)
+    assert ds.num_class == 10
+    assert ds.class_counts.dtype == np.int64 and ds.targets.dtype == np.int64
+    assert ds.class_counts.tolist() == expect and len(ds) == sum(expect)
+    ref_data, ref_targets = reference_selection(data, labels, expect)
+    assert np.array_equal(ds.images.numpy(), ref_data)
+    assert np.array_equal(ds.targets, ref_targets)
+    assert np.allclose(ds.class_weights.sum(), 1.0)
+
+
+@pytest.mark.parametrize('imb_type', ['exp', 'step'])
+def test_cifar100lt_counts_and_selection(cifar100_root, imb_type):
+    root, data, labels = cifar100_root
+    ds = D.build_dataset('cifar100lt', root, imb_factor=0.1, imb_type=imb_type)
+    expect = ([int(20 * 0.1 ** (i / 99)) for i in range(100)] if imb_type == 'exp'
+              else [20] * 50 + [2] * 50)
+    assert ds.num_class == 100 and ds.class_counts.tolist() == expect
+    ref_data, ref_targets = reference_selection(data, labels, expect)
+    assert np.array_equal(ds.images.numpy(), ref_data)
+    assert np.array_equal(ds.targets, ref_targets)
+
+
+def test_select_matches_global_seed():
+    labels = np.random.RandomState(7).randint(0, 5, size=300)
+    counts = [40, 30, 20, 10, 5]
+    got = D.select_long_tail(labels, counts)
+    np.random.seed(0)
+    want = []
+    for c, n in zip(np.unique(labels), counts):
+        idx = np.where(labels == c)[0]
+        np.random.shuffle(idx)
+        want.append(idx[:n])
+    assert np.array_equal(got, np.concatenate(want))
+
+
+def test_balanced_and_reference_sets(cifar10_root, cifar100_root):
+    root10, data10, labels10 = cifar10_root
+    full = D.build_dataset('cifar10', root10)
+    assert len(full) == 500 and full.class_counts.tolist() == [50] * 10
+    test = D.build_dataset('cifar10lt', root10, train=False)
+    assert len(test) == 50
+    ref = D.build_reference_dataset('cifar10lt', root10)
+    assert len(ref) == 500 and not ref.hflip
+    assert np.array_equal(ref.images.numpy(), data10)
+    x, y = ref[3]
+    assert torch.allclose(x, torch.from_numpy(data10[3]).float() / 127.5 - 1, atol=1e-6)
+    assert y == labels10[3]
+    ref100 = D.build_reference_dataset('cifar100lt', cifar100_root[0])
+    assert len(ref100) == 2000 and ref100.num_class == 100
+    assert D.num_classes('cifar100lt') == 100 and D.num_classes('cifar10') == 10
+
+
+def test_items_range_flip_and_resize(cifar10_root):
+    root, data, _ = cifar10_root
+    ds = D.build_dataset('cifar10lt', root, imb_factor=0.5)
+    flips = set()
+    for i in range(40):
+        x, y = ds[0]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
+        assert x.min() >= -1 and x.max() <= 1
+        src = ds.images[0].float() / 127.5 - 1
+        flips.add(bool(torch.allclose(x, src.flip(-1))) * 2 + bool(torch.allclose(x, src)))
+    assert flips == {1, 2}  # both flipped and unflipped seen
+    ds16 = D.build_dataset('cifar10', root, img_size=16, hflip=False)
+    x, _ = ds16[0]
+    assert x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+
+def test_missing_root(tmp_path):
+    with pytest.raises(UserError, match=r'--root .*CIFAR-100 not found .*cifar-100-python.*train'
+                                        r'.*--download'):
+        D.build_dataset('cifar100lt', str(tmp_path))
+    with pytest.raises(UserError, match='CIFAR-10 not found'):
+        D.build_reference_dataset('cifar10lt', str(tmp_path / 'nope'))
+
+
+def test_corrupt_file(tmp_path):
+    write_cifar10(str(tmp_path), per_class=2, test_per_class=1)
+    bad = tmp_path / 'cifar-10-batches-py' / 'data_batch_3'
+    bad.write_bytes(b'not a pickle at all')
+    with pytest.raises(UserError, match='data_batch_3'):
+        D.build_dataset('cifar10', str(tmp_path))
+    _dump(str(bad), {b'data': np.zeros((3, 100), np.uint8), b'labels': [0, 1, 2]})
+    with pytest.raises(UserError, match='data_batch_3.*3072'):
+        D.build_dataset('cifar10', str(tmp_path))
+
+
+@pytest.mark.parametrize('imb', [0, -0.1, 1.5, 'x'])
+def test_bad_imb_factor(imb, tmp_path):
+    with pytest.raises(UserError, match='--imb_factor'):
+        D.build_dataset('cifar10lt', str(tmp_path), imb_factor=imb)
+    with pytest.raises(UserError, match='--imb_factor'):
+        D.build_dataset('digitslt', '', imb_factor=imb)
+
+
+def test_unknown_data_type():
+    with pytest.raises(UserError, match='--data_type.*cifar10, cifar100, .*inat2018'):
+        D.build_dataset('mnist', '.')
+    with pytest.raises(UserError, match='--data_type'):
+        D.num_classes('svhn')
+
+
+# ----------------------------------------------------------------------------------------------
+# Digits
+
+def test_digitslt_counts():
+    ds = D.build_dataset('digitslt', '', img_size=8, imb_factor=0.1, hflip=True)
+    assert ds.class_counts.tolist() == [178, 140, 106, 84, 65, 50, 38, 29, 22, 18]
+    assert len(ds) == 730 and ds.num_class == 10 and not ds.hflip
+    x, y = ds[len(ds) - 1]
+    assert x.shape == (3, 8, 8) and y == 9 and x.min() >= -1 and x.max() <= 1
+    assert torch.equal(x[0], x[1]) and torch.equal(x, ds[len(ds) - 1][0])  # grey, no flip
+    big = D.build_dataset('digitslt', '', img_size=16, imb_factor=0.1)
+    xb, _ = big[0]
+    assert xb.shape == (3, 16, 16) and xb.min() >= -1 and xb.max() <= 1
+    ref = D.build_reference_dataset('digitslt', '', img_size=8)
+    assert len(ref) == 1797 and D.num_classes('digitslt') == 10
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageNet-LT and iNaturalist 2018
+
+def _write_images(root, names, fmt):
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    for i, name in enumerate(names):
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        arr = rng.randint(0, 256, size=(40 + 4 * i, 30 + 6 * i, 3)).astype(np.uint8)
+        Image.fromarray(arr).save(path, format=fmt)
+
+
+def test_imagenetlt(tmp_path):
+    names = [f'train/n{c:02d}/img{k}.jpg' for c, k in [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0)]]
+    _write_images(str(tmp_path), names, 'JPEG')
+    labels = [0, 0, 0, 1, 2]
+    (tmp_path / 'ImageNet_LT_train.txt').write_text(
+        ''.join(f'{n} {l}\n' for n, l in zip(names, labels)))
+    ds = D.build_dataset('imagenetlt', str(tmp_path), img_size=16)
+    assert len(ds) == 5 and ds.num_class == 3 and ds.class_counts.tolist() == [3, 1, 1]
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == labels[i]
+        assert x.min() >= -1 and x.max() <= 1
+    assert D.num_classes('imagenetlt', str(tmp_path)) == 3
+    ref = D.build_reference_dataset('imagenetlt', str(tmp_path), img_size=16)
+    assert len(ref) == 5 and not ref.hflip
+    os.remove(tmp_path / names[3])
+    with pytest.raises(UserError, match='img0.jpg not found'):
+        D.build_dataset('imagenetlt', str(tmp_path), img_size=16)
+    with pytest.raises(UserError, match='--list_file .*missing.txt'):
+        D.build_dataset('imagenetlt', str(tmp_path), list_file='missing.txt')
+
+
+def test_inat2018(tmp_path):
+    names = ['train_val2018/A/1.png', 'train_val2018/B/2.png', 'train_val2018/B/3.png']
+    _write_images(str(tmp_path), names, 'PNG')
+    meta = {'images': [{'id': 10 + i, 'file_name': n} for i, n in enumerate(names)],
+            'annotations': [{'image_id': 10, 'category_id': 7}, {'image_id': 11, 'category_id': 3},
+                            {'image_id': 12, 'category_id': 3}],
+            'categories': [{'id': 3, 'name': 'b'}, {'id': 7, 'name': 'a'}]}
+    (tmp_path / 'ann.json').write_text(json.dumps(meta))
+    ds = D.build_dataset('inat2018', str(tmp_path), img_size=8, list_file='ann.json')
+    assert ds.num_class == 2 and ds.targets.tolist() == [1, 0, 0]
+    assert ds.class_counts.tolist() == [2, 1]
+    x, y = ds[0]
+    assert x.shape == (3, 8, 8) and y == 1 and -1 <= x.min() and x.max() <= 1
+    assert D.num_classes('inat2018', str(tmp_path), 'ann.json') == 2
+    with pytest.raises(UserError, match='train2018.json'):
+        D.build_dataset('inat2018', str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# AugmentPipe
+
+def _batch(b=4, h=16, w=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, h, w, generator=g) * 2 - 1
+
+
+def test_augment_identity_and_flip():
+    x = _batch()
+    y, augm = D.AugmentPipe(p=0.0, xflip_p=0.0)(x)
+    assert torch.allclose(y, x, atol=1e-5) and augm.shape == (4, 9)
+    assert torch.count_nonzero(augm) == 0
+    y, augm = D.AugmentPipe(p=0.0, xflip_p=1.0)(x)
+    assert torch.allclose(y, x.flip(-1), atol=1e-5)
+    assert (augm[:, 0] == 1).all() and torch.count_nonzero(augm[:, 1:]) == 0
+
+
+def test_augment_integer_translation():
+    x = _batch(b=2, h=16, w=20)
+    pipe = D.AugmentPipe()
+    zeros = torch.zeros(2)
+    params = {k: zeros for k in ('xflip', 'yflip', 'log_s', 'rot', 'log_a', 'phi')}
+    params.update(tx=torch.tensor([3 / 20, -2 / 20]), ty=torch.tensor([2 / 16, 0.0]))
+    y = pipe.apply(x, params)
+    # image 0: content moves 3 px right and 2 px down; image 1: 2 px left
+    assert torch.allclose(y[0, :, 2:, 3:], x[0, :, :-2, :-3], atol=1e-4)
+    assert torch.allclose(y[1, :, :, :-2], x[1, :, :, 2:], atol=1e-4)
+    enc = pipe.encode(params)
+    assert torch.allclose(enc[:, 7], params['tx']) and torch.allclose(enc[:, 8], params['ty'])
+
+
+def test_augment_full_pipe_properties():
+    x = _batch(b=64, h=16, w=16)
+    pipe = D.AugmentPipe(p=0.5)
+    y1, a1 = pipe(x, generator=torch.Generator().manual_seed(3))
+    y2, a2 = pipe(x, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(y1, y2) and torch.equal(a1, a2)
+    assert y1.shape == x.shape and y1.dtype == x.dtype and y1.device == x.device
+    assert a1.shape == (64, 9) and a1.dtype == torch.float32 and torch.isfinite(y1).all()
+    assert set(a1[:, 0].tolist()) <= {0.0, 1.0} and set(a1[:, 1].tolist()) <= {0.0, 1.0}
+    rot_on = a1[:, 4] != 0
+    assert 0 < rot_on.sum() < 64
+    # cos(rot) - 1 and sin(rot) lie on the unit circle shifted by -1
+    assert torch.allclose((a1[:, 3] + 1) ** 2 + a1[:, 4] ** 2, torch.ones(64), atol=1e-5)
+    assert y1.abs().max() <= 1  # bicubic overshoot is clamped
+    # half-precision input keeps its dtype
+    yh, _ = pipe(x.half(), generator=torch.Generator().manual_seed(3))
+    assert yh.dtype == torch.float16
+
+
+def test_augment_rotation_quarter_turn():
+    x = _batch(b=1, h=12, w=12)
+    zeros = torch.zeros(1)
+    params = {k: zeros for k in ('xflip', 'yflip', 'log_s', 'log_a', 'phi', 'tx', 'ty')}
+    params['rot'] = torch.tensor([math.pi / 2])
+    y = D.AugmentPipe().apply(x, params)
+    # positive rotation turns the content clockwise on screen (x right, y down)
+    assert torch.allclose(y, torch.rot90(x, k=-1, dims=(-2, -1)), atol=1e-4)
+
+
+def test_python2_style_str_keys(tmp_path):
+    """Official files are Python 2 pickles whose keys load as str under latin1."""
+    folder = tmp_path / 'cifar-100-python'
+    folder.mkdir()
+    labels = np.repeat(np.arange(100), 2)
+    _dump(str(folder / 'train'), {'data': _fake_images(labels, 8), 'fine_labels': labels.tolist()})
+    ds = D.build_dataset('cifar100lt', str(tmp_path), imb_factor=0.5)
+    assert ds.class_counts.tolist() == [int(2 * 0.5 ** (i / 99)) for i in range(100)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_augment_on_cuda():
+    x = _batch().cuda()
+    y, augm = D.AugmentPipe(p=0.5)(x, generator=torch.Generator('cuda').manual_seed(0))
+    assert y.device == x.device and augm.device == x.device and y.shape == x.shape

@@ -1,0 +1,427 @@
+"""The training loop: from scratch, fine-tuning, resuming; single process, DataParallel or DDP.
+
+`train(cfg)` takes a plain namespace of the flags (see main.py) and never reads absl FLAGS.
+Determinism: every random draw of a step (batch order, flips, augmentation, t, eps, label
+dropout, y_bal, dropout masks) comes from the torch RNG or from (seed, epoch), and the RNG states
+are saved in every checkpoint, so on CPU a resumed run reproduces the straight run bitwise.
+"""
+import copy
+import math
+import os
+import random
+import signal
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+from checkpoint import (ckpt_path, list_checkpoints, load_checkpoint, load_model_state,
+                        save_checkpoint)
+from dataset import AugmentPipe, build_dataset
+from diffusion import GaussianDiffusionSampler, GaussianDiffusionTrainer, autocast
+from model import UNet
+from utils import UserError, check_writable_dir, get_device, save_text
+
+GRID_MAX_CLASSES = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+def attn_levels(attn):
+    """The --attn flag without its negative entries (`--attn -1` means no attention)."""
+    return [a for a in attn if a >= 0]
+
+
+def build_model(cfg, num_class):
+    return UNet(T=cfg.T, ch=cfg.ch, ch_mult=list(cfg.ch_mult), attn=attn_levels(cfg.attn),
+                num_res_blocks=cfg.num_res_blocks, dropout=cfg.dropout, cond=cfg.conditional,
+                augm=cfg.augm, num_class=num_class)
+
+
+def build_sampler(cfg, model, num_class):
+    return GaussianDiffusionSampler(
+        model, cfg.beta_1, cfg.beta_T, cfg.T, num_class, img_size=cfg.img_size,
+        var_type=cfg.var_type, sampler=cfg.sampler, sample_steps=cfg.sample_steps, eta=cfg.eta,
+        skip_type=cfg.skip_type, amp=cfg.amp)
+
+
+class EMA:
+    """Exponential moving average of every floating tensor of the state_dict, in place."""
+
+    def __init__(self, ema_model, model):
+        floats = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+        src, dst = model.state_dict(), ema_model.state_dict()
+        self.src = [src[k] for k in floats]
+        self.dst = [dst[k] for k in floats]
+
+    @torch.no_grad()
+    def update(self, decay):
+        torch._foreach_lerp_(self.dst, self.src, 1.0 - decay)
+
+
+def warmup_lambda(warmup):
+    return lambda step: min(step, warmup) / warmup if warmup > 0 else 1.0
+
+
+class StepBatchSampler(Sampler):
+    """Infinite batches of indices, a pure function of (seed, step): the batch of step s is
+    slice s % E of the permutation of epoch s // E (E = N // batch_size, torch.Generator seeded
+    with seed * 1_000_003 + epoch). Under DDP each rank yields its own contiguous part of the
+    global batch."""
+
+    def __init__(self, n, batch_size, seed, start_step, rank=0, world_size=1):
+        if n < batch_size:
+            raise UserError(f'--batch_size {batch_size} is larger than the data set ({n} images)')
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self.per_epoch = n // batch_size
+        self.local = batch_size // world_size
+
+    def permutation(self, epoch):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self):
+        step = self.start_step
+        epoch, perm = None, None
+        while True:
+            if step // self.per_epoch != epoch:
+                epoch = step // self.per_epoch
+                perm = self.permutation(epoch)
+            start = (step % self.per_epoch) * self.batch_size + self.rank * self.local
+            yield perm[start:start + self.local].tolist()
+            step += 1
+
+
+def rng_state():
+    state = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(),
+             'python': random.getstate()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['torch'])
+    np.random.set_state(state['numpy'])
+    random.setstate(state['python'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def grid_labels(num_class, sample_size):
+    """Labels for the sample grid: up to 10 classes spread from head to tail, one row each."""
+    rows = min(GRID_MAX_CLASSES, num_class, sample_size)
+    classes = np.unique(np.round(np.linspace(0, num_class - 1, rows)).astype(np.int64))
+    per_row = sample_size // len(classes)
+    return torch.from_numpy(np.repeat(classes, per_row)), per_row
+
+
+def sample_grid(sampler, x_T, y, method, omega, nrow, path, batch_size):
+    """Sample from x_T (labels y or None) in batches, save a grid (nrow per row) as PNG.
+    Returns (images N x 3 x H x W in [0, 1], labels)."""
+    images = []
+    for i in range(0, x_T.shape[0], batch_size):
+        yb = None if y is None else y[i:i + batch_size].to(x_T.device)
+        x, _ = sampler(x_T[i:i + batch_size], omega=omega, method=method, y=yb)
+        images.append((x.float().cpu() + 1) / 2)
+    images = torch.cat(images)
+    grid = make_grid(images, nrow=nrow, pad_value=1.0)
+    scale = max(1, 64 // images.shape[-1])  # tiny images (digits 8x8) are hard to see
+    if scale > 1:
+        grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode='nearest')[0]
+    tmp = path + '.tmp.png'
+    save_image(grid, tmp)
+    os.replace(tmp, path)
+    return images, y
+
+
+def grid_method(cfg):
+    return cfg.sample_method if cfg.conditional else 'uncond'
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed set-up
+
+def setup_distributed():
+    """(rank, world_size, device) from torchrun's environment; single process otherwise."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    if world_size == 1:
+        return 0, 1, get_device()
+    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device('cuda', local_rank)
+        dist.init_process_group('nccl')
+    else:
+        device = torch.device('cpu')
+        dist.init_process_group('gloo')
+    return rank, world_size, device
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step."""
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+def run_dirs(cfg):
+    """(folder written by this run, folder of the pretrained run or None)."""
+    if not cfg.finetune:
+        return cfg.logdir, None
+    if not cfg.finetuned_logdir:
+        raise UserError('--finetune needs --finetuned_logdir (the folder of the fine-tuned run)')
+    out = cfg.finetuned_logdir
+    if os.sep not in out and not os.path.isabs(out):
+        out = os.path.join(os.path.dirname(os.path.abspath(cfg.logdir)), out)
+    return out, cfg.logdir
+
+
+def train(cfg, flags_text, evaluate_fn=None):
+    """Train (or fine-tune, with cfg.finetune) per the flags. `flags_text` is written to
+    flagfile.txt; `evaluate_fn(cfg, ema_model, dataset, step, writer)` runs every eval_step."""
+    rank, world_size, device = setup_distributed()
+    is_main = rank == 0
+    out_dir, pretrained_dir = run_dirs(cfg)
+    if cfg.batch_size % world_size:
+        raise UserError(f'--batch_size {cfg.batch_size} must be divisible by the number of '
+                        f'processes ({world_size})')
+    if is_main:
+        check_writable_dir(out_dir, 'finetuned_logdir' if cfg.finetune else 'logdir')
+        os.makedirs(os.path.join(out_dir, 'sample'), exist_ok=True)
+    torch.manual_seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+
+    dataset = build_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.imb_factor, cfg.imb_type,
+                            train=True, download=cfg.download, hflip=True,
+                            list_file=cfg.list_file)
+    flip_batches, dataset.hflip = dataset.hflip, False  # flips are drawn per batch, reproducibly
+    num_class = dataset.num_class
+    if is_main:
+        counts = dataset.class_counts
+        print(f'{cfg.data_type}: {len(dataset)} images, {num_class} classes, per-class counts '
+              f'{counts.max()}..{counts.min()}: {counts.tolist()}')
+
+    net_model = build_model(cfg, num_class).to(device)
+    ema_model = copy.deepcopy(net_model).eval()
+    for p in ema_model.parameters():
+        p.requires_grad_(False)
+    ema = EMA(ema_model, net_model)
+    optim = torch.optim.Adam(net_model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda=warmup_lambda(cfg.warmup))
+    scaler = torch.amp.GradScaler(device.type, enabled=(cfg.amp == 'fp16'))
+    g = torch.Generator().manual_seed(cfg.seed)
+    fixed_x_T = torch.randn(cfg.sample_size, 3, cfg.img_size, cfg.img_size, generator=g)
+    fixed_y, per_row = grid_labels(num_class, cfg.sample_size)
+    if not cfg.conditional:
+        fixed_y, per_row = None, int(math.sqrt(cfg.sample_size))
+
+    # where to start: resume > fine-tune from the pretrained run > scratch
+    first_step = cfg.ckpt_step + 1 if cfg.finetune else 0
+    end_step = first_step + cfg.total_steps
+    start, resumed = first_step, None
+    found = list_checkpoints(out_dir) if cfg.resume else []
+    for step, path in reversed(found):
+        try:
+            ckpt = load_checkpoint(path)
+        except UserError as e:
+            if is_main:
+                print(f'warning: skipping unreadable checkpoint: {e}', file=sys.stderr)
+            continue
+        resumed = (step, path, ckpt)
+        break
+    if resumed:
+        step, path, ckpt = resumed
+        load_model_state(net_model, ckpt['net_model'], path)
+        load_model_state(ema_model, ckpt['ema_model'], path)
+        optim.load_state_dict(ckpt['optim'])
+        sched.load_state_dict(ckpt['sched'])
+        if 'scaler' in ckpt:
+            scaler.load_state_dict(ckpt['scaler'])
+        fixed_x_T = ckpt['fixed_x_T'].cpu()
+        start = ckpt['step'] + 1
+        if is_main:
+            print(f'resuming from {path} at step {start}')
+    elif cfg.finetune:
+        path = ckpt_path(pretrained_dir, cfg.ckpt_step)
+        ckpt = load_checkpoint(path)
+        load_model_state(net_model, ckpt['net_model'], path)
+        load_model_state(ema_model, ckpt['ema_model'], path)
+        optim.load_state_dict(ckpt['optim'])
+        sched.load_state_dict(ckpt['sched'])
+        fixed_x_T = ckpt.get('fixed_x_T', fixed_x_T).cpu()
+        if is_main:
+            print(f'fine-tuning {path}: steps {first_step}..{end_step - 1} into {out_dir}')
+    if resumed and 'rng' in ckpt:
+        if world_size == 1:
+            set_rng_state(ckpt['rng'])
+        else:
+            torch.manual_seed(cfg.seed + rank + start)
+    if start >= end_step:
+        if is_main:
+            print(f'{out_dir}: training already complete (step {start - 1}, '
+                  f'end {end_step - 1}); nothing to do')
+        return out_dir
+    if is_main:
+        save_text(os.path.join(out_dir, 'flagfile.txt'), flags_text)
+
+    # the model as the trainer sees it
+    model = net_model
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net_model, device_ids=[device.index] if device.type == 'cuda' else None,
+            find_unused_parameters=cfg.conditional or cfg.augm)
+    elif cfg.parallel and torch.cuda.device_count() > 1:
+        model = torch.nn.DataParallel(net_model)
+    if cfg.compile:
+        model = compile_model(model)
+    trainer = GaussianDiffusionTrainer(
+        model, cfg.beta_1, cfg.beta_T, cfg.T, num_class=num_class, cfg=cfg.cfg, cb=cfg.cb,
+        tau=cfg.tau, weight=dataset.class_weights, finetune=cfg.finetune).to(device)
+    sampler = build_sampler(cfg, ema_model, num_class).to(device)
+    augment = AugmentPipe() if cfg.augm else None
+
+    loader = DataLoader(
+        dataset, num_workers=cfg.num_workers, pin_memory=device.type == 'cuda',
+        batch_sampler=StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start, rank,
+                                       world_size),
+        generator=torch.Generator(), persistent_workers=False)
+    writer = None
+    if is_main:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(out_dir)
+
+    last_saved = resumed[0] if resumed else (cfg.ckpt_step if cfg.finetune else None)
+    last_saved_path = (resumed[1] if resumed else
+                       ckpt_path(pretrained_dir, cfg.ckpt_step) if cfg.finetune else None)
+
+    def save(step):
+        nonlocal last_saved, last_saved_path
+        if is_main:
+            for name, m in (('net_model', net_model), ('ema_model', ema_model)):
+                if not all(torch.isfinite(v).all() for v in m.state_dict().values()
+                           if v.is_floating_point()):
+                    raise TrainingDiverged(f'step {step}: {name} has non-finite weights; not '
+                                           f'saving. Last good checkpoint: {last_saved_path}')
+            state = {
+                'net_model': net_model.state_dict(), 'ema_model': ema_model.state_dict(),
+                'sched': sched.state_dict(), 'optim': optim.state_dict(), 'step': step,
+                'fixed_x_T': fixed_x_T, 'fixed_y': fixed_y, 'rng': rng_state(),
+                'scaler': scaler.state_dict(), 'class_counts': dataset.class_counts,
+            }
+            last_saved_path = save_checkpoint(state, out_dir, step, keep=cfg.keep_ckpt)
+        last_saved = step
+        if world_size > 1:
+            dist.barrier()
+
+    data_iter = iter(loader)
+    step = start - 1
+    with StopRequest() as stop, tqdm(range(start, end_step), initial=start - first_step,
+                                     total=end_step - first_step, dynamic_ncols=True,
+                                     disable=not is_main) as pbar:
+        for step in pbar:
+            net_model.train()
+            x_0, y_0 = next(data_iter)
+            x_0 = x_0.to(device, non_blocking=True)
+            y_0 = y_0.to(device, non_blocking=True) if cfg.conditional else None
+            if flip_batches:
+                flip = torch.rand(x_0.shape[0]) < 0.5
+                x_0 = torch.where(flip.to(device).view(-1, 1, 1, 1), x_0.flip(-1), x_0)
+            augm = None
+            if augment is not None:
+                x_0, augm = augment(x_0)
+            with autocast(device, cfg.amp):
+                loss_ddpm, loss_reg = trainer(x_0, y_0, augm)
+                loss_ddpm, loss_reg = loss_ddpm.mean(), loss_reg.mean()
+                loss = loss_ddpm + loss_reg
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f'step {step}: the loss is {loss.item()}; training stopped without saving. '
+                    f'Last good checkpoint: {last_saved_path or "none"}; lower --lr or use '
+                    f'--amp none, then resume')
+            optim.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optim)
+            grad_norm = torch.nn.utils.clip_grad_norm_(net_model.parameters(), cfg.grad_clip)
+            if not torch.isfinite(grad_norm) and cfg.amp != 'fp16':
+                raise TrainingDiverged(
+                    f'step {step}: the gradient norm is {grad_norm.item()}; training stopped '
+                    f'without saving. Last good checkpoint: {last_saved_path or "none"}')
+            scaler.step(optim)
+            scaler.update()
+            sched.step()
+            ema.update(cfg.ema_decay)
+
+            if is_main:
+                if step % 10 == 0:
+                    writer.add_scalar('loss', loss.item(), step)
+                    writer.add_scalar('loss_ddpm', loss_ddpm.item(), step)
+                    writer.add_scalar('loss_reg', loss_reg.item(), step)
+                    pbar.set_postfix(loss=f'{loss.item():.3f}')
+                if cfg.sample_step > 0 and step % cfg.sample_step == 0 and step > first_step:
+                    ema_model.eval()
+                    sample_grid(sampler, fixed_x_T.to(device), fixed_y, grid_method(cfg),
+                                cfg.omega, per_row, os.path.join(out_dir, 'sample', f'{step}.png'),
+                                cfg.batch_size)
+            if cfg.save_step > 0 and step % cfg.save_step == 0:
+                save(step)
+            if cfg.eval_step > 0 and step % cfg.eval_step == 0 and evaluate_fn is not None:
+                evaluate_fn(cfg, ema_model, dataset, step, writer, out_dir)
+            if stop.signal:
+                if last_saved != step:
+                    save(step)
+                if is_main:
+                    pbar.close()
+                    print(f'{stop.signal}: saved {ckpt_path(out_dir, step)}; run the same '
+                          f'command again to resume from step {step + 1}')
+                break
+        else:
+            if last_saved != step:
+                save(step)
+            if is_main and cfg.sample_step > 0 and step % cfg.sample_step != 0:
+                ema_model.eval()
+                sample_grid(sampler, fixed_x_T.to(device), fixed_y, grid_method(cfg), cfg.omega,
+                            per_row, os.path.join(out_dir, 'sample', f'{step}.png'),
+                            cfg.batch_size)
+    if writer is not None:
+        writer.close()
+    if world_size > 1:
+        dist.destroy_process_group()
+    return out_dir
+
+
+def compile_model(model):
+    """torch.compile when it works here; otherwise warn and return the model unchanged."""
+    try:
+        return torch.compile(model)
+    except Exception as e:  # no compiler toolchain, unsupported platform, ...
+        print(f'warning: --compile unavailable ({type(e).__name__}: {e}); running eagerly',
+              file=sys.stderr)
+        return model

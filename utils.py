@@ -1,0 +1,107 @@
+"""Small shared helpers: user-facing errors, the device, and atomic file writes.
+
+Every file a run produces (checkpoints, sample arrays, flagfiles, results) goes through
+`atomic_write`, so a crash or a kill -9 at any moment leaves earlier files intact and never
+leaves a half-written file under the final name.
+"""
+import contextlib
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """Bad input from the user: `main.py` prints the message on one line and exits non-zero."""
+
+
+def get_device():
+    """CUDA when present, else CPU."""
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def _fsync_dir(dirname):
+    try:
+        fd = os.open(dirname, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode='wb'):
+    """Open a temporary file beside `path`; on success fsync it and rename it onto `path`.
+
+    On any exception the temporary file is removed and `path` is untouched.
+    """
+    path = os.fspath(path)
+    dirname = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
+                               dir=dirname)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(dirname)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def save_torch(obj, path):
+    """`torch.save` atomically (serialised in memory first, so a slow disk never sees a partial file)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_write(path) as f:
+        f.write(buf.getbuffer())
+
+
+def save_npy(path, array):
+    with atomic_write(path) as f:
+        np.save(f, array)
+
+
+def save_npz(path, **arrays):
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+
+
+def save_text(path, text):
+    with atomic_write(path, 'w') as f:
+        f.write(text)
+
+
+def append_text(path, text):
+    """Append `text` to `path` by rewriting it atomically (result files are small)."""
+    old = ''
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+    save_text(path, old + text)
+
+
+def append_jsonl(path, record):
+    append_text(path, json.dumps(record, sort_keys=True) + '\n')
+
+
+def check_writable_dir(path, flag):
+    """Create `path` if needed and make sure files can be written there, else raise UserError."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path, prefix='.write_test.')
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise UserError(f'--{flag} {path} is not a writable folder ({e.strerror}); '
+                        f'choose a folder you can write to') from None
