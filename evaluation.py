@@ -133,7 +133,7 @@ def sample(cfg):
         x_T = x_T[:len(y)]
     stem = os.path.join(cfg.logdir, f'sample_{cfg.sample_method}_{cfg.omega}_STEP{cfg.ckpt_step}')
     images, labels = sample_grid(sampler, x_T.to(device), y, cfg.sample_method, cfg.omega, per_row,
-                                 stem + '.png', cfg.batch_size)
+                                 stem + '.png', cfg.batch_size, cfg.seed)
     save_npy(stem + '.npy', images.numpy().astype(np.float32))
     save_npy(stem + '_labels.npy', (np.full(len(images), -1, np.int64) if labels is None
                                     else labels.numpy().astype(np.int64)))

@@ -93,8 +93,9 @@ MULTI_FLAGS = ('ch_mult', 'attn')
 
 
 def expand_argv(argv):
-    """Expand --flagfile arguments so that a multi-valued flag given on the command line
-    replaces the flagfile's values instead of being appended to them (absl's behaviour)."""
+    """Expand --flagfile arguments so that values given on the command line replace the
+    flagfiles' values: single-valued flags whatever their position, and multi-valued flags
+    (--ch_mult, --attn) instead of being appended to them (absl's behaviour)."""
     args, origins = [], []
     i = 1
     while i < len(argv):
@@ -119,7 +120,7 @@ def expand_argv(argv):
         return a.lstrip('-').split('=', 1)[0]
 
     on_cli = {name_of(a) for a, o in zip(args, origins) if o == 'cli'} & set(MULTI_FLAGS)
-    kept = []
+    from_files, from_cli = [], []
     skip_value = False
     for a, o in zip(args, origins):
         if skip_value:
@@ -128,7 +129,9 @@ def expand_argv(argv):
         if o == 'file' and name_of(a) in on_cli:
             skip_value = '=' not in a  # '--ch_mult 2' style in a flagfile
             continue
-        kept.append(a)
+        (from_files if o == 'file' else from_cli).append(a)
+    # flagfile values first, so that the command line wins wherever the flagfile was named
+    kept = from_files + from_cli
     return argv[:1] + kept
 
 

@@ -122,14 +122,18 @@ def grid_labels(num_class, sample_size):
     return torch.from_numpy(np.repeat(classes, per_row)), per_row
 
 
-def sample_grid(sampler, x_T, y, method, omega, nrow, path, batch_size):
+def sample_grid(sampler, x_T, y, method, omega, nrow, path, batch_size, seed=0):
     """Sample from x_T (labels y or None) in batches, save a grid (nrow per row) as PNG.
-    Returns (images N x 3 x H x W in [0, 1], labels)."""
+    The sampling noise comes from a forked RNG seeded with `seed`, so grids never change the
+    training run's random stream. Returns (images N x 3 x H x W in [0, 1], labels)."""
     images = []
-    for i in range(0, x_T.shape[0], batch_size):
-        yb = None if y is None else y[i:i + batch_size].to(x_T.device)
-        x, _ = sampler(x_T[i:i + batch_size], omega=omega, method=method, y=yb)
-        images.append((x.float().cpu() + 1) / 2)
+    devices = [x_T.device] if x_T.device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for i in range(0, x_T.shape[0], batch_size):
+            yb = None if y is None else y[i:i + batch_size].to(x_T.device)
+            x, _ = sampler(x_T[i:i + batch_size], omega=omega, method=method, y=yb)
+            images.append((x.float().cpu() + 1) / 2)
     images = torch.cat(images)
     grid = make_grid(images, nrow=nrow, pad_value=1.0)
     scale = max(1, 64 // images.shape[-1])  # tiny images (digits 8x8) are hard to see
@@ -389,7 +393,7 @@ def train(cfg, flags_text, evaluate_fn=None):
                     ema_model.eval()
                     sample_grid(sampler, fixed_x_T.to(device), fixed_y, grid_method(cfg),
                                 cfg.omega, per_row, os.path.join(out_dir, 'sample', f'{step}.png'),
-                                cfg.batch_size)
+                                cfg.batch_size, cfg.seed)
             if cfg.save_step > 0 and step % cfg.save_step == 0:
                 save(step)
             if cfg.eval_step > 0 and step % cfg.eval_step == 0 and evaluate_fn is not None:
@@ -409,7 +413,7 @@ def train(cfg, flags_text, evaluate_fn=None):
                 ema_model.eval()
                 sample_grid(sampler, fixed_x_T.to(device), fixed_y, grid_method(cfg), cfg.omega,
                             per_row, os.path.join(out_dir, 'sample', f'{step}.png'),
-                            cfg.batch_size)
+                            cfg.batch_size, cfg.seed)
     if writer is not None:
         writer.close()
     if world_size > 1:

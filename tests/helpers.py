@@ -1,0 +1,23 @@
+"""Running main.py as a user would, with a tiny model on the embedded digits data."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = ['--data_type=digitslt', '--imb_factor=0.1', '--img_size=8', '--ch=32', '--ch_mult=1',
+        '--attn=-1', '--num_res_blocks=1', '--dropout=0.0', '--T=50', '--lr=1e-3', '--warmup=5',
+        '--batch_size=16', '--num_workers=0', '--ema_decay=0.9', '--sample_size=20']
+
+
+def run_main(*args, timeout=300, env=None):
+    """Run `python main.py ARGS` from the repo root; returns the CompletedProcess."""
+    full_env = dict(os.environ, OMP_NUM_THREADS='2', **(env or {}))
+    return subprocess.run([sys.executable, 'main.py', *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def popen_main(*args):
+    return subprocess.Popen([sys.executable, 'main.py', *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS='2'))
