@@ -6,6 +6,7 @@ dropout, y_bal, dropout masks) comes from the torch RNG or from (seed, epoch), a
 are saved in every checkpoint, so on CPU a resumed run reproduces the straight run bitwise.
 """
 import copy
+import glob
 import math
 import os
 import random
@@ -218,7 +219,6 @@ def train(cfg, flags_text, evaluate_fn=None):
                         f'processes ({world_size})')
     if is_main:
         check_writable_dir(out_dir, 'finetuned_logdir' if cfg.finetune else 'logdir')
-        os.makedirs(os.path.join(out_dir, 'sample'), exist_ok=True)
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
@@ -293,7 +293,10 @@ def train(cfg, flags_text, evaluate_fn=None):
             print(f'{out_dir}: training already complete (step {start - 1}, '
                   f'end {end_step - 1}); nothing to do')
         return out_dir
+    # everything the flags name has been checked: only now touch the run folder
     if is_main:
+        os.makedirs(os.path.join(out_dir, 'sample'), exist_ok=True)
+        remove_stale_temporaries(out_dir)
         save_text(os.path.join(out_dir, 'flagfile.txt'), flags_text)
 
     # the model as the trainer sees it
@@ -419,6 +422,12 @@ def train(cfg, flags_text, evaluate_fn=None):
     if world_size > 1:
         dist.destroy_process_group()
     return out_dir
+
+
+def remove_stale_temporaries(folder):
+    """Delete temporary files left by a process killed while writing (see utils.atomic_write)."""
+    for path in glob.glob(os.path.join(glob.escape(folder), '.*.tmp')):
+        os.remove(path)
 
 
 def compile_model(model):

@@ -96,12 +96,17 @@ def append_jsonl(path, record):
 
 
 def check_writable_dir(path, flag):
-    """Create `path` if needed and make sure files can be written there, else raise UserError."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, prefix='.write_test.')
-        os.close(fd)
-        os.remove(tmp)
-    except OSError as e:
-        raise UserError(f'--{flag} {path} is not a writable folder ({e.strerror}); '
-                        f'choose a folder you can write to') from None
+    """Raise UserError unless `path` is, or can be created as, a folder we may write to.
+    Creates nothing."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise UserError(f'--{flag} {path}: {probe} is a file, not a folder; choose another '
+                        f'--{flag}')
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f'--{flag} {path}: {probe} is not writable; choose a folder you can '
+                        f'write to')

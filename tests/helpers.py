@@ -12,7 +12,7 @@ TINY = ['--data_type=digitslt', '--imb_factor=0.1', '--img_size=8', '--ch=32', '
 
 def run_main(*args, timeout=300, env=None):
     """Run `python main.py ARGS` from the repo root; returns the CompletedProcess."""
-    full_env = dict(os.environ, OMP_NUM_THREADS='2', **(env or {}))
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))
     return subprocess.run([sys.executable, 'main.py', *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
@@ -20,4 +20,4 @@ def run_main(*args, timeout=300, env=None):
 def popen_main(*args):
     return subprocess.Popen([sys.executable, 'main.py', *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS='2'))
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
