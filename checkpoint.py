@@ -78,7 +78,8 @@ def infer_flags(state_dict):
                 attn.append(level)
         count += 1
     blocks_per_level = blocks_per_level or count
-    parts = [f'--ch {ch}'] + [f'--ch_mult {m}' for m in ch_mult] + [f'--attn {a}' for a in attn]
+    parts = [f'--ch {ch}'] + [f'--ch_mult {m}' for m in ch_mult]
+    parts += [f'--attn {a}' for a in attn] or ['--attn -1']
     parts.append(f'--num_res_blocks {blocks_per_level}')
     parts.append(f'--T {sd["time_embedding.timembedding.0.weight"].shape[0]}')
     if 'label_embedding.weight' in sd:

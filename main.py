@@ -171,9 +171,18 @@ def run(argv):
 def main():
     try:
         argv = expand_argv(sys.argv)
-        app.run(lambda a: _guarded(run, a), argv=argv)
+        app.run(lambda a: _guarded(run, a), argv=argv, flags_parser=parse_flags)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl's parsing, with a bad flag value reported on one line (exit status 2)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f'error: {e}; see python main.py --helpfull', file=sys.stderr)
         sys.exit(2)
 
 

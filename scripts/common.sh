@@ -193,4 +193,8 @@ row_setup() {
                   --root "$DATA_ROOT" --conditional
                   --num_images "$NUM_IMAGES" --fid_cache "$FID_CACHE")
     say "$DATASET-LT run $RUN_NAME: data $DATA_ROOT, logs $LOG_ROOT$([ "$DRY_RUN" = 1 ] && echo ' (dry run)')"
+    if [ "$DRY_RUN" != 1 ] && [ ! -f "$FID_CACHE" ]; then
+        say "warning: FID statistics $FID_CACHE not found: the evaluation will fail;" \
+            "run scripts/make_stats.sh first"
+    fi
 }
