@@ -1,0 +1,57 @@
+"""Mixed precision and multi-process (DDP, gloo on CPU) training."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from checkpoint import list_checkpoints, load_checkpoint
+from dataset import build_dataset
+from diffusion import GaussianDiffusionTrainer, autocast
+from helpers import ROOT, TINY
+from model import UNet
+
+
+def short_run(amp, steps=60):
+    """Mean training loss of the last 20 of `steps` steps on digits-LT with a tiny UNet."""
+    torch.manual_seed(0)
+    net = UNet(T=1000, ch=32, ch_mult=[1, 2], attn=[1], num_res_blocks=1, dropout=0.0, cond=True,
+               num_class=10)
+    trainer = GaussianDiffusionTrainer(net, 1e-4, 0.02, 1000, num_class=10, cb=True,
+                                       weight=[0.1] * 10)
+    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
+    data = build_dataset('digitslt', '', 8, 0.1)
+    x_all = torch.stack([data[i][0] for i in range(len(data))])
+    y_all = torch.as_tensor(data.targets)
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(len(x_all), (32,))
+        with autocast('cpu', amp):
+            loss_ddpm, loss_reg = trainer(x_all[idx], y_all[idx])
+            loss = loss_ddpm.mean() + loss_reg.mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    return sum(losses[-20:]) / 20
+
+
+def test_bf16_loss_within_tolerance_of_fp32():
+    fp32, bf16 = short_run('none'), short_run('bf16')
+    assert fp32 < 0.5  # it learned something
+    assert abs(bf16 - fp32) / fp32 < 0.15, (fp32, bf16)  # stated tolerance: 15% after 60 steps
+
+
+def test_ddp_two_cpu_processes_train_and_save(tmp_path):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           'main.py', '--train', *TINY, '--conditional', '--cb', '--total_steps=6',
+           '--save_step=5', '--sample_step=0', f'--logdir={tmp_path}']
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [0, 5]
+    ckpt = load_checkpoint(str(tmp_path / 'ckpt_5.pt'))
+    net = UNet(T=50, ch=32, ch_mult=[1], attn=[], num_res_blocks=1, dropout=0.0, cond=True,
+               num_class=10)
+    net.load_state_dict(ckpt['net_model'], strict=True)
+    assert ckpt['step'] == 5
