@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# CIFAR-100-LT (imb_factor 0.01), CBDM (class-balancing regulariser, --cb --tau 1.0):
-# trains 300001 steps (batch 48) and evaluates ckpt 300000 with cfg omega 1.6,
-# on 50k images, as in the README.
+# CIFAR-100-LT (imb_factor 0.01), CBDM (--cb --tau 1.0):
+# trains 300001 steps (batch 48), evaluates ckpt 300000 with cfg omega 1.6 (eval batch 64);
+# 50k images, the README's settings.
 #
 # usage: scripts/cifar100lt_cbdm.sh [--dry-run] [DATA_ROOT [LOG_ROOT]]
-#   DATA_ROOT (default ./data) holds cifar-100-python;
-#   the run folder is LOG_ROOT/cifar100lt_ltdm (default
-#   LOG_ROOT ./logs). Needs the FID statistics of scripts/make_stats.sh.
+#   DATA_ROOT (default ./data) holds cifar-100-python; LOG_ROOT (default ./logs)
+#   holds the run folder cifar100lt_ltdm. Needs scripts/make_stats.sh's FID statistics.
 #   Environment: DATA_ROOT, LOG_ROOT, DRY_RUN=1, EXTRA_FLAGS, TOTAL_STEPS, BATCH_SIZE,
-#   SAVE_STEP, SAMPLE_STEP, EVAL_CKPT, OMEGA, EVAL_BATCH, NUM_IMAGES, RUN_NAME, ... (see
-#   scripts/common.sh). Re-running resumes the training and skips what is done.
+#   SAVE_STEP, SAMPLE_STEP, EVAL_CKPT, OMEGA, EVAL_BATCH, NUM_IMAGES, RUN_NAME, ...
+#   (see scripts/common.sh). Re-running resumes the training and skips what is done.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_args 2 '[--dry-run] [DATA_ROOT [LOG_ROOT]]' "$@"

@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # CIFAR-10-LT (imb_factor 0.01), CBDM with ADA augmentation (--cb --tau 1.0 --augm):
-# trains 500001 steps (batch 48) and evaluates ckpt 500000 with cfg omega 1.4
-# (eval batch 192),
-# on 50k images, as in the README.
+# trains 500001 steps (batch 48), evaluates ckpt 500000 with cfg omega 1.4 (eval batch 192);
+# 50k images, the README's settings.
 #
 # usage: scripts/cifar10lt_cbdm_augm.sh [--dry-run] [DATA_ROOT [LOG_ROOT]]
-#   DATA_ROOT (default ./data) holds cifar-10-batches-py;
-#   the run folder is LOG_ROOT/cifar10lt_ltdm_augm (default
-#   LOG_ROOT ./logs). Needs the FID statistics of scripts/make_stats.sh.
+#   DATA_ROOT (default ./data) holds cifar-10-batches-py; LOG_ROOT (default ./logs)
+#   holds the run folder cifar10lt_ltdm_augm. Needs scripts/make_stats.sh's FID statistics.
 #   Environment: DATA_ROOT, LOG_ROOT, DRY_RUN=1, EXTRA_FLAGS, TOTAL_STEPS, BATCH_SIZE,
-#   SAVE_STEP, SAMPLE_STEP, EVAL_CKPT, OMEGA, EVAL_BATCH, NUM_IMAGES, RUN_NAME, ... (see
-#   scripts/common.sh). Re-running resumes the training and skips what is done.
+#   SAVE_STEP, SAMPLE_STEP, EVAL_CKPT, OMEGA, EVAL_BATCH, NUM_IMAGES, RUN_NAME, ...
+#   (see scripts/common.sh). Re-running resumes the training and skips what is done.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_args 2 '[--dry-run] [DATA_ROOT [LOG_ROOT]]' "$@"

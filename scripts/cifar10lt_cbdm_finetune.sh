@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # CIFAR-10-LT (imb_factor 0.01), CBDM fine-tuning of the DDPM run (--cb --tau 1.0 --finetune):
 # fine-tunes LOG_ROOT/cifar10lt_ddpm/ckpt_200000.pt (run scripts/cifar10lt_ddpm.sh first) for
-# 100001 steps (batch 48) and evaluates ckpt 250000 with cfg omega 2.0
-# (eval batch 512),
-# on 50k images, as in the README.
+# 100001 steps (batch 48), evaluates ckpt 250000 with cfg omega 2.0 (eval batch 512);
+# 50k images, the README's settings.
 #
 # usage: scripts/cifar10lt_cbdm_finetune.sh [--dry-run] [DATA_ROOT [LOG_ROOT]]
-#   DATA_ROOT (default ./data) holds cifar-10-batches-py;
-#   the run folder is LOG_ROOT/cifar10lt_ltdm_finetune (default
-#   LOG_ROOT ./logs). Needs the FID statistics of scripts/make_stats.sh.
-#   Environment: DATA_ROOT, LOG_ROOT, DRY_RUN=1, EXTRA_FLAGS, TOTAL_STEPS, BATCH_SIZE,
-#   FT_CKPT, DDPM_RUN, SAVE_STEP, SAMPLE_STEP, EVAL_CKPT, OMEGA, EVAL_BATCH, NUM_IMAGES, RUN_NAME, ... (see
-#   scripts/common.sh). Re-running resumes the training and skips what is done.
+#   DATA_ROOT (default ./data) holds cifar-10-batches-py; LOG_ROOT (default ./logs)
+#   holds the run folder cifar10lt_ltdm_finetune. Needs scripts/make_stats.sh's FID statistics.
+#   Environment: DATA_ROOT, LOG_ROOT, DRY_RUN=1, EXTRA_FLAGS, FT_CKPT, DDPM_RUN,
+#   TOTAL_STEPS, BATCH_SIZE,
+#   SAVE_STEP, SAMPLE_STEP, EVAL_CKPT, OMEGA, EVAL_BATCH, NUM_IMAGES, RUN_NAME, ...
+#   (see scripts/common.sh). Re-running resumes the training and skips what is done.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_args 2 '[--dry-run] [DATA_ROOT [LOG_ROOT]]' "$@"

@@ -79,8 +79,12 @@ parse_args() {
     LOG_ROOT="${LOG_ROOT%/}"
     [ -n "$DATA_ROOT" ] || DATA_ROOT=/
     [ -n "$LOG_ROOT" ] || LOG_ROOT=/
-    if [ -n "${STATS_DIR:-}" ]; then STATS_DIR="$(abs_path "$STATS_DIR")"; STATS_DIR="${STATS_DIR%/}"
-    else STATS_DIR=./stats; fi
+    if [ -n "${STATS_DIR:-}" ]; then
+        STATS_DIR="$(abs_path "$STATS_DIR")"
+        STATS_DIR="${STATS_DIR%/}"
+    else
+        STATS_DIR=./stats
+    fi
     if [ -z "${PYTHON:-}" ]; then
         if command -v python >/dev/null 2>&1; then PYTHON=python; else PYTHON=python3; fi
     fi
@@ -192,7 +196,9 @@ row_setup() {
                   --data_type "${DATASET}lt" --imb_factor 0.01 --img_size 32
                   --root "$DATA_ROOT" --conditional
                   --num_images "$NUM_IMAGES" --fid_cache "$FID_CACHE")
-    say "$DATASET-LT run $RUN_NAME: data $DATA_ROOT, logs $LOG_ROOT$([ "$DRY_RUN" = 1 ] && echo ' (dry run)')"
+    local mode=''
+    [ "$DRY_RUN" != 1 ] || mode=' (dry run)'
+    say "$DATASET-LT run $RUN_NAME: data $DATA_ROOT, logs $LOG_ROOT$mode"
     if [ "$DRY_RUN" != 1 ] && [ ! -f "$FID_CACHE" ]; then
         say "warning: FID statistics $FID_CACHE not found: the evaluation will fail;" \
             "run scripts/make_stats.sh first"
