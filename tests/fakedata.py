@@ -42,3 +42,24 @@ def write_cifar100(root, per_class=20):
     _dump(os.path.join(folder, 'test'), {b'data': _fake_images(tl, 6), b'fine_labels': tl.tolist()})
     _dump(os.path.join(folder, 'meta'), {b'fine_label_names': [b'c'] * 100})
     return data.reshape(-1, 3, 32, 32), labels
+
+
+INCEPTION_WEIGHTS_NAME = 'pt_inception-2015-12-05-6726825d.pth'
+
+
+def write_random_inception(torch_home):
+    """Put randomly initialised FID Inception weights where pytorch-fid caches the real ones
+    ($TORCH_HOME/hub/checkpoints/), so the real loading path runs without a download."""
+    import torch
+    from score.inception import build_fid_inception
+    torch.manual_seed(0)
+    net = build_fid_inception()
+    for m in net.modules():  # make the (otherwise constant 0/1) BatchNorm statistics non-trivial
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    folder = os.path.join(str(torch_home), 'hub', 'checkpoints')
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, INCEPTION_WEIGHTS_NAME)
+    torch.save(net.state_dict(), path)
+    return path

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from fakedata import write_cifar10
+from fakedata import write_cifar10, write_random_inception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, 'scripts')
@@ -236,16 +236,8 @@ def test_finetune_needs_ddpm_checkpoint(tmp_path):
 @pytest.fixture(scope='module')
 def torch_home(tmp_path_factory):
     """A TORCH_HOME whose hub cache holds random FID Inception weights."""
-    from score.inception import build_fid_inception
     home = tmp_path_factory.mktemp('torch_home')
-    torch.manual_seed(0)
-    net = build_fid_inception()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    (home / 'hub' / 'checkpoints').mkdir(parents=True)
-    torch.save(net.state_dict(), home / 'hub' / 'checkpoints' / WEIGHTS_NAME)
+    write_random_inception(home)
     return home
 
 

@@ -1,0 +1,79 @@
+"""End to end: train a few steps, FID statistics of fake CIFAR files, --eval, --sampled."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fakedata import write_cifar10, write_random_inception
+from helpers import TINY, run_main
+
+# fake CIFAR-10 with 12 images per class; long-tailed at 0.1: 12, 9, 7, 5, 4, 3, 2, 2, 1, 1
+GROUPS = ['--many_shot=5', '--few_shot=2']  # head: 3 classes, medium: 5, tail: 2
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('eval')
+    write_cifar10(str(tmp / 'data'), per_class=12, test_per_class=1)
+    write_random_inception(tmp / 'torch_home')
+    env = {'TORCH_HOME': str(tmp / 'torch_home')}
+    data = ['--data_type=cifar10lt', '--imb_factor=0.1', f'--root={tmp}/data', '--img_size=32']
+    out = run_main('--make_stats', *data, f'--fid_cache={tmp}/stats/cifar10.train.npz',
+                   '--batch_size=60', env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    logdir = tmp / 'run'
+    out = run_main('--train', *TINY, *data, '--conditional', '--cb', '--total_steps=3',
+                   '--save_step=2', '--sample_step=0', f'--logdir={logdir}', env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp, logdir, env
+
+
+def test_make_stats_files(setup):
+    tmp, _, _ = setup
+    stats = np.load(tmp / 'stats' / 'cifar10.train.npz')
+    assert stats['mu'].shape == (2048,) and stats['sigma'].shape == (2048, 2048)
+    feats = np.load(tmp / 'stats' / 'cifar10.train_feats.npz')
+    assert feats['feats'].shape == (120, 2048) and feats['feats'].dtype == np.float32
+    assert np.bincount(feats['labels']).tolist() == [12] * 10  # the balanced set, all of it
+
+
+def test_eval_then_sampled(setup):
+    tmp, logdir, env = setup
+    args = [f'--flagfile={logdir}/flagfile.txt', '--notrain', '--eval', '--ckpt_step=2',
+            '--num_images=40', '--batch_size=20', '--sample_method=cfg', '--omega=1.0',
+            f'--fid_cache={tmp}/stats/cifar10.train.npz', '--fid_use_torch', *GROUPS]
+    out = run_main(*args, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    name = 'saved_N40_STEP2'
+    samples = np.load(logdir / f'cfg_1.0_samples_ema_{name}.npy')
+    labels = np.load(logdir / f'cfg_1.0_labels_ema_{name}.npy')
+    assert samples.shape == (40, 3, 32, 32) and 0 <= samples.min() and samples.max() <= 1
+    assert labels.shape == (40,) and labels.min() >= 0 and labels.max() < 10
+    feats = np.load(logdir / f'cfg_1.0_feats_ema_{name}.npz')
+    assert feats['feats'].shape == (40, 2048) and feats['probs'].shape == (40, 1008)
+    assert (logdir / f'visual_ema_cfg_1.0_{name}.png').is_file()
+    assert 'FID' in (logdir / f'res_ema_{name}.txt').read_text()
+
+    record = json.loads((logdir / 'eval.jsonl').read_text().splitlines()[-1])
+    for key in ('FID', 'IS', 'precision', 'recall', 'F8', 'F1/8'):
+        assert isinstance(record[key], float), key
+    assert record['classes_head'] == 3 and record['classes_tail'] == 2
+    assert record['ckpt_step'] == 2 and record['omega'] == 1.0
+
+    with open(logdir / f'per_class_ema_cfg_1.0_{name}.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ['class', 'train_count', 'group', 'n_generated', 'fid', 'precision',
+                             'recall']
+    assert [int(r['train_count']) for r in rows] == [12, 9, 7, 5, 4, 3, 2, 2, 1, 1]
+    assert [r['group'] for r in rows] == ['head'] * 3 + ['medium'] * 5 + ['tail'] * 2
+    assert sum(int(r['n_generated']) for r in rows) == 40
+
+    # --sampled: the saved set again, from its saved features, without the model
+    os.remove(logdir / f'cfg_1.0_samples_ema_{name}.npy')
+    out = run_main(*args, '--sampled', env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = json.loads((logdir / 'eval.jsonl').read_text().splitlines()[-1])
+    assert again['FID'] == pytest.approx(record['FID']) and again['IS'] == record['IS']
+    assert len((logdir / 'eval.jsonl').read_text().splitlines()) == 2
