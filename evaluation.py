@@ -15,13 +15,15 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from checkpoint import ckpt_path, load_checkpoint, load_model_state
 from dataset import build_dataset, build_reference_dataset, check_imb, num_classes
 from model import check_config
-from train import attn_levels, build_model, build_sampler, grid_labels, sample_grid
+from train import (attn_levels, build_model, build_sampler, grid_labels, sample_grid,
+                   setup_distributed)
 from utils import UserError, append_jsonl, append_text, get_device, save_npy, save_npz
 
 LT_TYPES = ('cifar10lt', 'cifar100lt', 'digitslt')
@@ -237,19 +239,32 @@ def record(cfg, files, results, rows, extra):
 def evaluate(cfg):
     """--eval: generate (or load with --sampled) num_images, compute and record the metrics."""
     from score.evaluate import load_fid_cache
-    device = get_device()
     load_fid_cache(cfg.fid_cache)  # fail before hours of sampling, not after
     files = run_files(cfg)
     ckpt = None
     if cfg.sampled:
+        device = get_device()
         images, labels = load_saved(files, cfg)
         if os.path.isfile(ckpt_path(cfg.logdir, cfg.ckpt_step)):
             ckpt = load_checkpoint(ckpt_path(cfg.logdir, cfg.ckpt_step))
     else:
+        rank, world_size, device = setup_distributed()
         model, num_class, ckpt = load_ema_model(cfg, device)
         sampler = build_sampler(cfg, model, num_class).to(device)
-        images, labels = generate(sampler, cfg.num_images, cfg.batch_size, cfg.img_size, device,
-                                  cfg.sample_method, cfg.omega, cfg.seed, 'sampling')
+        # under torchrun every rank samples its share; rank 0 gathers and evaluates
+        lo = rank * cfg.num_images // world_size
+        hi = (rank + 1) * cfg.num_images // world_size
+        images, labels = generate(sampler, hi - lo, cfg.batch_size, cfg.img_size, device,
+                                  cfg.sample_method, cfg.omega, cfg.seed + rank,
+                                  f'sampling (rank {rank})' if world_size > 1 else 'sampling')
+        if world_size > 1:
+            parts = [None] * world_size if rank == 0 else None
+            dist.gather_object((images, labels), parts, dst=0)
+            dist.destroy_process_group()
+            if rank != 0:
+                return None
+            images = np.concatenate([p[0] for p in parts])
+            labels = np.concatenate([p[1] for p in parts])
         save_npy(files['samples'], images)
         save_npy(files['labels'], labels)
     if images is not None:

@@ -45,6 +45,8 @@ def build_model(cfg, num_class):
 
 
 def build_sampler(cfg, model, num_class):
+    if cfg.compile:
+        model = compile_model(model)
     return GaussianDiffusionSampler(
         model, cfg.beta_1, cfg.beta_T, cfg.T, num_class, img_size=cfg.img_size,
         var_type=cfg.var_type, sampler=cfg.sampler, sample_steps=cfg.sample_steps, eta=cfg.eta,
@@ -430,11 +432,35 @@ def remove_stale_temporaries(folder):
         os.remove(path)
 
 
-def compile_model(model):
-    """torch.compile when it works here; otherwise warn and return the model unchanged."""
-    try:
-        return torch.compile(model)
-    except Exception as e:  # no compiler toolchain, unsupported platform, ...
-        print(f'warning: --compile unavailable ({type(e).__name__}: {e}); running eagerly',
+class CompileFallback(torch.nn.Module):
+    """`torch.compile(model)`, falling back to the eager model with a warning when compiling
+    fails (no compiler toolchain, unsupported platform or operator). Compilation happens at the
+    first call, so that is where failures are caught."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        try:
+            self.compiled = torch.compile(model)
+        except Exception as e:
+            self.compiled = None
+            self.warn(e)
+
+    @staticmethod
+    def warn(error):
+        print(f'warning: --compile unavailable ({type(error).__name__}: '
+              f'{str(error).splitlines()[0][:200] if str(error) else ""}); running eagerly',
               file=sys.stderr)
-        return model
+
+    def forward(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:
+                self.compiled = None
+                self.warn(e)
+        return self.model(*args, **kwargs)
+
+
+def compile_model(model):
+    return CompileFallback(model)

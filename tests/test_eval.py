@@ -77,3 +77,35 @@ def test_eval_then_sampled(setup):
     again = json.loads((logdir / 'eval.jsonl').read_text().splitlines()[-1])
     assert again['FID'] == pytest.approx(record['FID']) and again['IS'] == record['IS']
     assert len((logdir / 'eval.jsonl').read_text().splitlines()) == 2
+
+
+def test_eval_step_during_training(setup):
+    tmp, _, env = setup
+    logdir = tmp / 'run_eval_step'
+    out = run_main('--train', *TINY, '--data_type=cifar10lt', '--imb_factor=0.1',
+                   f'--root={tmp}/data', '--img_size=32', '--conditional', '--cfg',
+                   '--total_steps=3', '--save_step=0', '--sample_step=0', '--eval_step=2',
+                   '--num_images=12', '--sampler=ddim', '--sample_steps=5', '--noprd',
+                   f'--fid_cache={tmp}/stats/cifar10.train.npz', f'--logdir={logdir}', env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((logdir / 'eval.jsonl').read_text().splitlines()[-1])
+    assert record['ckpt_step'] == 2 and record['during_training'] is True
+    assert isinstance(record['FID'], float) and record['F8'] is None
+
+
+def test_eval_split_across_two_processes(setup):
+    import subprocess
+    import sys
+    from helpers import ROOT
+    tmp, logdir, env = setup
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           'main.py', f'--flagfile={logdir}/flagfile.txt', '--notrain', '--eval',
+           '--ckpt_step=2', '--num_images=11', '--sample_name=ddp', '--sampler=ddim',
+           '--sample_steps=5', '--noprd', '--noimproved_prd',
+           f'--fid_cache={tmp}/stats/cifar10.train.npz']
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS='1', **env))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert np.load(logdir / 'cfg_0.0_samples_ema_ddp_N11_STEP2.npy').shape == (11, 3, 32, 32)
+    records = [json.loads(r) for r in (logdir / 'eval.jsonl').read_text().splitlines()]
+    assert sum(r['name'] == 'ddp_N11_STEP2' for r in records) == 1
