@@ -80,13 +80,15 @@ def parse_args(argv=None):
     s.add_argument('--full_sample_T', type=int, default=100,
                    help='DDPM steps of the full-sample rows (the schedule is rebuilt over this many '
                         'steps; <= --T)')
-    s.add_argument('--sample_steps', type=int, default=10, help='DDIM steps of the full sample')
-    s.add_argument('--sample_batch', type=int, default=4, help='batch of the full-sample rows')
+    s.add_argument('--sample_steps', type=int, default=5, help='DDIM steps of the full sample')
+    s.add_argument('--sample_batch', type=int, default=2, help='batch of the full-sample rows')
     s.add_argument('--sample_repeats', type=int, default=1,
                    help='timed runs of each full sample (median)')
     f = p.add_argument_group('metrics')
     f.add_argument('--feat_n', type=int, default=5000, help='features per set for the metric rows')
     f.add_argument('--feat_dim', type=int, default=2048, help='feature width')
+    f.add_argument('--metric_repeats', type=int, default=1,
+                   help='timed runs of each metric figure (median; no warm-up: seconds each)')
     f.add_argument('--k', type=int, default=5, help='k of improved precision/recall')
     f.add_argument('--brute_max', type=int, default=5000,
                    help='largest --feat_n for the brute-force float64 baseline')
@@ -102,8 +104,9 @@ def parse_args(argv=None):
         p.error(f'--full_sample_T must be in [1, --T={args.T}]')
     if not 1 <= args.sample_steps <= args.full_sample_T:
         p.error(f'--sample_steps must be in [1, --full_sample_T={args.full_sample_T}]')
-    if min(args.batch, args.sample_batch, args.repeats, args.sample_repeats) < 1:
-        p.error('--batch, --sample_batch, --repeats and --sample_repeats must be >= 1')
+    if min(args.batch, args.sample_batch, args.repeats, args.sample_repeats,
+           args.metric_repeats) < 1:
+        p.error('--batch, --sample_batch and the --*repeats flags must be >= 1')
     if args.feat_n <= args.k:
         p.error(f'--feat_n must be larger than --k={args.k}')
     if args.feat_dim < 2:
@@ -192,19 +195,25 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(fn, repeats, device, memory, warmup=1):
-    """(median seconds of `repeats` calls after `warmup` calls, peak bytes over the timed calls)."""
+def measure(fns, repeats, device, memory, warmup=1):
+    """Time the callables `fns` interleaved (f1, f2, ..., f1, f2, ...), so a changing background
+    load on shared cores hits them alike. Returns [(median seconds of `repeats` calls after
+    `warmup` calls, peak bytes over the timed calls)] in the order of `fns`."""
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     sync(device)
-    memory.start()
-    times = []
+    times = [[] for _ in fns]
+    peaks = [0] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), memory.peak()
+        for i, fn in enumerate(fns):
+            memory.start()
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[i].append(time.perf_counter() - t0)
+            peaks[i] = max(peaks[i], memory.peak())
+    return [(statistics.median(t), p) for t, p in zip(times, peaks)]
 
 
 def fmt_time(s):
@@ -359,41 +368,48 @@ def bench_model(args, table, memory):
     amp, dev = args.amp, args.device
     R = args.repeats
     b = args.batch
+    notes = []
 
-    # (a) training steps; the optimiser state is per measurement (fresh Adam each time)
+    # (a) training steps (each measurement has its own Adam; they share the model)
     for mode in ('plain', 'cfg', 'cb'):
         two_pass = mode == 'cb'
-        base = measure(train_step_fn(args, model, mode, 'none', batched=not two_pass,
-                                     sdpa=not two_pass), R, dev, memory)
-        opt = measure(train_step_fn(args, model, mode, amp, batched=True, sdpa=True),
-                      R, dev, memory)
-        flag = {'plain': '', 'cfg': ' --cfg', 'cb': ' --cb'}[mode]
-        table.add(f'train step{flag or " plain"} (batch {b})',
+        base, opt = measure([
+            train_step_fn(args, model, mode, 'none', batched=not two_pass, sdpa=not two_pass),
+            train_step_fn(args, model, mode, amp, batched=True, sdpa=True)], R, dev, memory)
+        flag = {'plain': ' plain', 'cfg': ' --cfg', 'cb': ' --cb'}[mode]
+        table.add(f'train step{flag} (batch {b})',
                   'fp32, 2 passes, explicit attn' if two_pass else 'fp32', base,
                   f'{amp}, 1 batched pass, SDPA' if two_pass else amp, opt)
 
     # (b) one sampling step
     for method in ('cond', 'cfg'):
-        base = measure(sample_step_fn(args, model, method, 'none', batched=False), R, dev, memory)
-        opt = measure(sample_step_fn(args, model, method, amp, batched=True), R, dev, memory)
+        base, opt = measure([sample_step_fn(args, model, method, 'none', batched=False),
+                             sample_step_fn(args, model, method, amp, batched=True)],
+                            R, dev, memory)
         table.add(f'sampling step {method} (batch {b})',
                   'fp32' + (', 2 passes' if method == 'cfg' else ''), base,
                   amp + (', batched' if method == 'cfg' else ''), opt)
 
-    # (c) a full sample of a batch with cfg guidance
+    # (c) a full sample of a batch with cfg guidance (long: no warm-up, the steps warm up)
     S, T, n = args.sample_repeats, args.full_sample_T, args.sample_batch
-    base = measure(full_sample_fn(args, model, 'ddpm', 'none', batched=False), S, dev, memory,
-                   warmup=0)
-    ddpm = measure(full_sample_fn(args, model, 'ddpm', amp, batched=True), S, dev, memory,
-                   warmup=0)
-    ddim = measure(full_sample_fn(args, model, 'ddim', amp, batched=True), S, dev, memory,
-                   warmup=0)
+    base, ddpm, ddim = measure([full_sample_fn(args, model, 'ddpm', 'none', batched=False),
+                                full_sample_fn(args, model, 'ddpm', amp, batched=True),
+                                full_sample_fn(args, model, 'ddim', amp, batched=True)],
+                               S, dev, memory, warmup=0)
     base_desc = f'DDPM {T} steps, fp32, 2 passes'
     table.add(f'full cfg sample (batch {n})', base_desc, base, f'DDPM {T} steps, {amp}, batched',
               ddpm)
     table.add(f'full cfg sample (batch {n})', base_desc, base,
               f'DDIM {args.sample_steps} steps, {amp}, batched', ddim)
+    if T < args.T:
+        scale = args.T / T
+        notes.append(f'full samples use a {T}-step schedule; DDPM time is linear in the steps, so '
+                     f'at T = {args.T} the baseline would take ~{fmt_time(base[0] * scale)} and '
+                     f'DDPM {amp} batched ~{fmt_time(ddpm[0] * scale)}, against DDIM '
+                     f'{round(args.sample_steps * scale)} steps ~{fmt_time(ddim[0] * scale)} '
+                     f'(same step ratio as shown)')
     del model
+    return notes
 
 
 def bench_metrics(args, table, memory):
@@ -401,25 +417,33 @@ def bench_metrics(args, table, memory):
     ref = random_features(n, d, args.seed + 10)
     ev = random_features(n, d, args.seed + 11, shift=0.02, scale=1.05)
     notes = []
-    R = args.repeats
+    R = args.metric_repeats
     dev = args.device
-
+    on_cpu = torch.device(dev).type == 'cpu'
     result = {}
 
-    def fast():
-        result['fast'] = M.improved_precision_recall(ref, ev, k=k, device=dev)
+    def store(key, fn):
+        return lambda: result.__setitem__(key, fn())
 
-    opt = measure(fast, R, dev, memory)
-    base = None
+    # the baselines are CPU numpy/scipy whatever --device is: timed together with the optimised
+    # path (interleaved) on CPU, separately with their own RSS measurement on CUDA
+    def pair(base_fn, opt_fn):
+        if on_cpu:
+            return measure([base_fn, opt_fn], R, dev, memory, warmup=0)
+        base, = measure([base_fn], R, 'cpu', Memory('cpu'), warmup=0)
+        opt, = measure([opt_fn], R, dev, memory, warmup=1)
+        return base, opt
+
+    fast = store('fast', lambda: M.improved_precision_recall(ref, ev, k=k, device=dev))
     if n <= args.brute_max:
-        # the brute force is CPU numpy whatever --device is
-        def brute():
-            result['brute'] = brute_force_pr(ref, ev, k)
-        base = measure(brute, R, 'cpu', Memory('cpu'))
+        base, opt = pair(store('brute', lambda: brute_force_pr(ref, ev, k)), fast)
         fp, fr = result['fast']
         bp, br = result['brute']
         notes.append(f'improved P/R on {n} features: chunked (precision, recall) = ({fp:.4f}, '
                      f'{fr:.4f}), brute force float64 = ({bp:.4f}, {br:.4f})')
+    else:
+        base = None
+        opt, = measure([fast], R, dev, memory, warmup=0)
     table.add(f'improved P/R, k={k} ({n} x {n} x {d})',
               'numpy float64, full N x N matrices' if base else
               f'n/a (brute force only for --feat_n <= {args.brute_max})', base,
@@ -427,10 +451,9 @@ def bench_metrics(args, table, memory):
 
     mu1, s1 = M.feature_stats(ref)
     mu2, s2 = M.feature_stats(ev)
-    base = measure(lambda: result.__setitem__('fid_np', M.frechet_distance(mu1, s1, mu2, s2)),
-                   R, 'cpu', Memory('cpu'))
-    opt = measure(lambda: result.__setitem__(
-        'fid_t', M.frechet_distance_torch(mu1, s1, mu2, s2, device=dev)), R, dev, memory)
+    base, opt = pair(store('fid_np', lambda: M.frechet_distance(mu1, s1, mu2, s2)),
+                     store('fid_t', lambda: M.frechet_distance_torch(mu1, s1, mu2, s2,
+                                                                     device=dev)))
     notes.append(f'FID on {n} x {d} statistics: scipy {result["fid_np"]:.6f}, '
                  f'torch {result["fid_t"]:.6f}')
     table.add(f'FID distance (D={d}, given statistics)', 'scipy sqrtm (pytorch-fid), float64',
@@ -488,8 +511,8 @@ def main(argv=None):
     t_start = time.perf_counter()
 
     table = Table()
-    bench_model(args, table, memory)
-    notes = bench_metrics(args, table, memory)
+    notes = bench_model(args, table, memory)
+    notes += bench_metrics(args, table, memory)
     full = bench_full_metrics(args, memory) if args.full_metrics else None
 
     attn = ' '.join(map(str, args.attn)) or 'none'
@@ -499,7 +522,8 @@ def main(argv=None):
         f'Model: ch {args.ch}, ch_mult {" ".join(map(str, args.ch_mult))}, attn {attn}, '
         f'num_res_blocks {args.num_res_blocks}, img {args.img_size}, T {args.T}, '
         f'{NUM_CLASS} classes; batch {args.batch}; median of {args.repeats} runs after a warm-up '
-        f'({args.sample_repeats} run, no warm-up, for full samples); cfg omega {args.omega}.',
+        f'({args.sample_repeats} for full samples and {args.metric_repeats} for metrics, without '
+        f'warm-up); baseline and optimised runs interleaved; cfg omega {args.omega}.',
         '',
         table.markdown(),
         '',

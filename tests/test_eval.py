@@ -19,7 +19,7 @@ def setup(tmp_path_factory):
     write_cifar10(str(tmp / 'data'), per_class=12, test_per_class=1)
     write_random_inception(tmp / 'torch_home')
     env = {'TORCH_HOME': str(tmp / 'torch_home')}
-    data = ['--data_type=cifar10lt', '--imb_factor=0.1', f'--root={tmp}/data', '--img_size=32']
+    data = ['--data_type=cifar10lt', '--imb_factor=0.1', f'--root={tmp}/data', '--img_size=8']
     out = run_main('--make_stats', *data, f'--fid_cache={tmp}/stats/cifar10.train.npz',
                    '--batch_size=60', env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -49,7 +49,7 @@ def test_eval_then_sampled(setup):
     name = 'saved_N40_STEP2'
     samples = np.load(logdir / f'cfg_1.0_samples_ema_{name}.npy')
     labels = np.load(logdir / f'cfg_1.0_labels_ema_{name}.npy')
-    assert samples.shape == (40, 3, 32, 32) and 0 <= samples.min() and samples.max() <= 1
+    assert samples.shape == (40, 3, 8, 8) and 0 <= samples.min() and samples.max() <= 1
     assert labels.shape == (40,) and labels.min() >= 0 and labels.max() < 10
     feats = np.load(logdir / f'cfg_1.0_feats_ema_{name}.npz')
     assert feats['feats'].shape == (40, 2048) and feats['probs'].shape == (40, 1008)
@@ -83,7 +83,7 @@ def test_eval_step_during_training(setup):
     tmp, _, env = setup
     logdir = tmp / 'run_eval_step'
     out = run_main('--train', *TINY, '--data_type=cifar10lt', '--imb_factor=0.1',
-                   f'--root={tmp}/data', '--img_size=32', '--conditional', '--cfg',
+                   f'--root={tmp}/data', '--img_size=8', '--conditional', '--cfg',
                    '--total_steps=3', '--save_step=0', '--sample_step=0', '--eval_step=2',
                    '--num_images=12', '--sampler=ddim', '--sample_steps=5', '--noprd',
                    f'--fid_cache={tmp}/stats/cifar10.train.npz', f'--logdir={logdir}', env=env)
@@ -106,6 +106,6 @@ def test_eval_split_across_two_processes(setup):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, OMP_NUM_THREADS='1', **env))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert np.load(logdir / 'cfg_0.0_samples_ema_ddp_N11_STEP2.npy').shape == (11, 3, 32, 32)
+    assert np.load(logdir / 'cfg_0.0_samples_ema_ddp_N11_STEP2.npy').shape == (11, 3, 8, 8)
     records = [json.loads(r) for r in (logdir / 'eval.jsonl').read_text().splitlines()]
     assert sum(r['name'] == 'ddp_N11_STEP2' for r in records) == 1

@@ -26,7 +26,7 @@ SCRIPT_ENV = ('DATA_ROOT', 'LOG_ROOT', 'DRY_RUN', 'EXTRA_FLAGS', 'STATS_DIR', 'F
               'DATASETS', 'TOTAL_STEPS', 'BATCH_SIZE', 'SAVE_STEP', 'SAMPLE_STEP', 'EVAL_CKPT',
               'OMEGA', 'EVAL_BATCH', 'NUM_IMAGES', 'SAMPLE_METHOD', 'RUN_NAME', 'FT_CKPT',
               'DDPM_RUN')
-TINY = ('--ch 32 --ch_mult 1 --attn -1 --num_res_blocks 1 --T 20 --batch_size 4 '
+TINY = ('--ch 32 --ch_mult 1 --attn -1 --num_res_blocks 1 --T 20 --batch_size 4 --img_size 8 '
         '--num_workers 0 --sample_size 4 --warmup 2 --dropout 0 --fid_use_torch')
 
 # the README's settings per row: run folder, training flags, evaluation flags
