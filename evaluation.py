@@ -45,6 +45,8 @@ def check_flags(cfg):
         raise UserError(f'--num_images {cfg.num_images}: must be at least 1')
     if cfg.batch_size < 1:
         raise UserError(f'--batch_size {cfg.batch_size}: must be at least 1')
+    if cfg.amp == 'fp16' and not torch.cuda.is_available():
+        raise UserError('--amp fp16 needs a CUDA GPU; use --amp bf16 or --amp none on the CPU')
     if cfg.sampler == 'ddim' and not 1 <= cfg.sample_steps <= cfg.T:
         raise UserError(f'--sample_steps {cfg.sample_steps}: must be in [1, {cfg.T}]')
     if cfg.eval or cfg.sample:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from checkpoint import list_checkpoints, load_checkpoint
@@ -79,12 +80,13 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
 
 
-def test_sigint_saves_and_exits_zero(tmp_path):
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_and_exits_zero(tmp_path, sig):
     proc = driver('--train', *RUN, '--total_steps=100000', '--save_step=100000',
                   f'--logdir={tmp_path}')
     wait_for(tmp_path / 'ckpt_0.pt', proc)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]
     steps = [s for s, _ in list_checkpoints(str(tmp_path))]
@@ -104,3 +106,10 @@ def test_nan_loss_stops_with_message_and_saves_nothing(tmp_path):
     assert f'Last good checkpoint: {tmp_path}/ckpt_4.pt' in last
     assert 'Traceback' not in stderr
     assert [s for s, _ in list_checkpoints(str(tmp_path))] == [0, 2, 4]
+
+
+def test_keep_ckpt_deletes_only_older_periodic_checkpoints(tmp_path):
+    out = run_main('--train', *RUN, '--total_steps=9', '--save_step=2', '--keep_ckpt=2',
+                   f'--logdir={tmp_path}')
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [6, 8]
