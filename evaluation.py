@@ -43,6 +43,11 @@ def check_flags(cfg):
         raise UserError(f'--omega {cfg.omega}: the guidance strength must be >= 0')
     if (cfg.eval or cfg.eval_step > 0) and cfg.num_images < 1:
         raise UserError(f'--num_images {cfg.num_images}: must be at least 1')
+    if cfg.train and cfg.eval_step > 0:
+        from score.evaluate import load_fid_cache
+        from score.inception import weights_file
+        load_fid_cache(cfg.fid_cache)  # not after hours of training
+        weights_file(cfg.inception_weights or None)
     if cfg.batch_size < 1:
         raise UserError(f'--batch_size {cfg.batch_size}: must be at least 1')
     if cfg.amp == 'fp16' and not torch.cuda.is_available():

@@ -6,6 +6,7 @@ dropout, y_bal, dropout masks) comes from the torch RNG or from (seed, epoch), a
 are saved in every checkpoint, so on CPU a resumed run reproduces the straight run bitwise.
 """
 import copy
+import datetime
 import glob
 import math
 import os
@@ -161,13 +162,18 @@ def setup_distributed():
     if world_size == 1:
         return 0, 1, get_device()
     rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    if dist.is_initialized():
+        device = torch.device('cuda', local_rank) if torch.cuda.is_available() else torch.device('cpu')
+        return rank, world_size, device
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device('cuda', local_rank)
-        dist.init_process_group('nccl')
+        backend = 'nccl'
     else:
         device = torch.device('cpu')
-        dist.init_process_group('gloo')
+        backend = 'gloo'
+    # rank 0 may evaluate 50k samples while the others wait at a barrier
+    dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
     return rank, world_size, device
 
 
@@ -402,7 +408,10 @@ def train(cfg, flags_text, evaluate_fn=None):
             if cfg.save_step > 0 and step % cfg.save_step == 0:
                 save(step)
             if cfg.eval_step > 0 and step % cfg.eval_step == 0 and evaluate_fn is not None:
-                evaluate_fn(cfg, ema_model, dataset, step, writer, out_dir)
+                if is_main:
+                    evaluate_fn(cfg, ema_model, dataset, step, writer, out_dir)
+                if world_size > 1:
+                    dist.barrier()
             if stop.signal:
                 if last_saved != step:
                     save(step)
