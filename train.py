@@ -201,6 +201,27 @@ class TrainingDiverged(UserError):
     pass
 
 
+def newest_loadable_checkpoint(folder, verbose=True):
+    """(path, checkpoint) of the newest ckpt_*.pt in `folder` that loads, or None."""
+    for _, path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path)
+        except UserError as e:
+            if verbose:
+                print(f'warning: skipping unreadable checkpoint: {e}', file=sys.stderr)
+    return None
+
+
+def load_training_state(ckpt, path, net_model, ema_model, optim, sched, scaler=None):
+    """Weights, EMA, optimiser and scheduler (and the fp16 scaler) from a checkpoint."""
+    load_model_state(net_model, ckpt['net_model'], path)
+    load_model_state(ema_model, ckpt['ema_model'], path)
+    optim.load_state_dict(ckpt['optim'])
+    sched.load_state_dict(ckpt['sched'])
+    if scaler is not None and 'scaler' in ckpt:
+        scaler.load_state_dict(ckpt['scaler'])
+
+
 # ---------------------------------------------------------------------------------------------
 # the run
 
@@ -258,25 +279,11 @@ def train(cfg, flags_text, evaluate_fn=None):
     # where to start: resume > fine-tune from the pretrained run > scratch
     first_step = cfg.ckpt_step + 1 if cfg.finetune else 0
     end_step = first_step + cfg.total_steps
-    start, resumed = first_step, None
-    found = list_checkpoints(out_dir) if cfg.resume else []
-    for step, path in reversed(found):
-        try:
-            ckpt = load_checkpoint(path)
-        except UserError as e:
-            if is_main:
-                print(f'warning: skipping unreadable checkpoint: {e}', file=sys.stderr)
-            continue
-        resumed = (step, path, ckpt)
-        break
+    start = first_step
+    resumed = newest_loadable_checkpoint(out_dir, verbose=is_main) if cfg.resume else None
     if resumed:
-        step, path, ckpt = resumed
-        load_model_state(net_model, ckpt['net_model'], path)
-        load_model_state(ema_model, ckpt['ema_model'], path)
-        optim.load_state_dict(ckpt['optim'])
-        sched.load_state_dict(ckpt['sched'])
-        if 'scaler' in ckpt:
-            scaler.load_state_dict(ckpt['scaler'])
+        path, ckpt = resumed
+        load_training_state(ckpt, path, net_model, ema_model, optim, sched, scaler)
         fixed_x_T = ckpt['fixed_x_T'].cpu()
         start = ckpt['step'] + 1
         if is_main:
@@ -284,10 +291,7 @@ def train(cfg, flags_text, evaluate_fn=None):
     elif cfg.finetune:
         path = ckpt_path(pretrained_dir, cfg.ckpt_step)
         ckpt = load_checkpoint(path)
-        load_model_state(net_model, ckpt['net_model'], path)
-        load_model_state(ema_model, ckpt['ema_model'], path)
-        optim.load_state_dict(ckpt['optim'])
-        sched.load_state_dict(ckpt['sched'])
+        load_training_state(ckpt, path, net_model, ema_model, optim, sched)
         fixed_x_T = ckpt.get('fixed_x_T', fixed_x_T).cpu()
         if is_main:
             print(f'fine-tuning {path}: steps {first_step}..{end_step - 1} into {out_dir}')
@@ -333,8 +337,8 @@ def train(cfg, flags_text, evaluate_fn=None):
         from tensorboardX import SummaryWriter
         writer = SummaryWriter(out_dir)
 
-    last_saved = resumed[0] if resumed else (cfg.ckpt_step if cfg.finetune else None)
-    last_saved_path = (resumed[1] if resumed else
+    last_saved = start - 1 if (resumed or cfg.finetune) else None
+    last_saved_path = (resumed[0] if resumed else
                        ckpt_path(pretrained_dir, cfg.ckpt_step) if cfg.finetune else None)
 
     def save(step):

@@ -36,16 +36,26 @@ def _as_numpy(x, dtype=None):
     return x if dtype is None else x.astype(dtype, copy=False)
 
 
-def feature_stats(feats):
+def feature_stats(feats, block=4096):
     """Mean and covariance of features.
 
-    feats: N x D array (N >= 2). Returns (mu [D] float64, sigma [D, D] float64), sigma from
-    `np.cov(rowvar=False)` (unbiased, divides by N - 1), as pytorch-fid computes them.
+    feats: N x D array (N >= 2, any float dtype). Returns (mu [D] float64, sigma [D, D] float64),
+    equal to pytorch-fid's `np.mean` and `np.cov(rowvar=False)` (unbiased, divides by N - 1) up to
+    rounding, accumulated in float64 blocks of `block` rows so that 50,000 x 2048 features need
+    no float64 copy of the whole set.
     """
-    feats = _as_numpy(feats, np.float64)
     if feats.ndim != 2 or feats.shape[0] < 2:
         raise ValueError(f'feature_stats needs an N x D array with N >= 2, got {feats.shape}')
-    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+    n, d = feats.shape
+    mu = np.zeros(d)
+    for i in range(0, n, block):
+        mu += _as_numpy(feats[i:i + block], np.float64).sum(axis=0)
+    mu /= n
+    sigma = np.zeros((d, d))
+    for i in range(0, n, block):
+        centred = _as_numpy(feats[i:i + block], np.float64) - mu
+        sigma += centred.T @ centred
+    return mu, sigma / (n - 1)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):

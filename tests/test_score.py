@@ -295,3 +295,11 @@ def test_evaluate_end_to_end(tmp_path):
     assert res4['n_tail'] == 3 and res4['precision_tail'] is None and res4['FID_tail'] is not None
     assert rows4[2]['precision'] is None
     assert res3['F8'] is None
+
+
+def test_feature_stats_blocks_equal_np_cov():
+    x = np.random.RandomState(0).randn(2500, 24).astype(np.float32)
+    mu, sigma = M.feature_stats(x, block=700)
+    x64 = x.astype(np.float64)
+    assert np.allclose(mu, x64.mean(0), atol=1e-12)
+    assert np.allclose(sigma, np.cov(x64, rowvar=False), atol=1e-12)
