@@ -112,9 +112,21 @@ if [ "$PARALLEL" = 1 ] && [ "$DRY_RUN" != 1 ]; then
     pid_ddpm=$!
     OMP_NUM_THREADS=1 pipeline cbdm "${CBDM_FLAGS[@]}" > "$LOG_ROOT/proxy_cbdm.log" 2>&1 &
     pid_cbdm=$!
+    # Ctrl-C / kill: stop both pipelines (main.py saves a checkpoint on SIGTERM, so a re-run
+    # resumes)
+    stop_children() {
+        for pid in "$pid_ddpm" "$pid_cbdm"; do
+            pkill -TERM -P "$pid" 2>/dev/null || true
+            kill -TERM "$pid" 2>/dev/null || true
+        done
+        wait 2>/dev/null || true
+        die "interrupted"
+    }
+    trap stop_children INT TERM
     status=0
     wait "$pid_ddpm" || { status=1; echo "ddpm failed; see $LOG_ROOT/proxy_ddpm.log" >&2; }
     wait "$pid_cbdm" || { status=1; echo "cbdm failed; see $LOG_ROOT/proxy_cbdm.log" >&2; }
+    trap - INT TERM
     [ "$status" = 0 ] || die "a pipeline failed"
 else
     pipeline ddpm "${DDPM_FLAGS[@]}"

@@ -60,7 +60,7 @@ def test_killed_and_resumed_equals_straight(tmp_path):
 
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
     args = [*RUN, '--total_steps=12', '--save_step=4']
-    proc = driver('--train', *args, f'--logdir={tmp_path}', env={'CBDM_SLOW_SAVE': '30'})
+    proc = driver('--train', *args, f'--logdir={tmp_path}', env={'CBDM_SLOW_SAVE': '5'})
     # the step-0 save is slow too: wait until it lands, then kill during the step-4 save
     wait_for(tmp_path / 'ckpt_0.pt', proc)
     start = time.time()
