@@ -8,7 +8,6 @@ import os
 import sys
 import types
 
-import torch
 from absl import app, flags
 
 from dataset import DATA_TYPES, IMB_TYPES
@@ -150,9 +149,6 @@ def flags_text():
 def run(argv):
     del argv
     cfg = config()
-    # the reference's gain-1e-5 output layers produce subnormal floats, which run ~20x slower
-    # on x86 CPUs; flushing them to zero changes nothing measurable
-    torch.set_flush_denormal(True)
     import evaluation
     import train
     evaluation.check_flags(cfg)
