@@ -10,23 +10,5 @@
 #   SAVE_STEP, SAMPLE_STEP, EVAL_CKPT, OMEGA, EVAL_BATCH, NUM_IMAGES, RUN_NAME, ...
 #   (see scripts/common.sh). Re-running resumes the training and skips what is done.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-parse_args 2 '[--dry-run] [DATA_ROOT [LOG_ROOT]]' "$@"
-
-TOTAL_STEPS="${TOTAL_STEPS:-300001}"
-BATCH_SIZE="${BATCH_SIZE:-64}"
-SAVE_STEP="${SAVE_STEP:-100000}"
-SAMPLE_STEP="${SAMPLE_STEP:-50000}"
-EVAL_CKPT="${EVAL_CKPT:-200000}"
-OMEGA="${OMEGA:-0.8}"
-EVAL_BATCH="${EVAL_BATCH:-64}"
-NUM_IMAGES="${NUM_IMAGES:-50000}"
-row_setup cifar10 cifar10lt_ddpm
-
-# training ends with ckpt_$((TOTAL_STEPS - 1)).pt
-row_train "$RUN_DIR" "$((TOTAL_STEPS - 1))" "${COMMON_FLAGS[@]}" --logdir "$RUN_DIR" \
-    --total_steps "$TOTAL_STEPS" --batch_size "$BATCH_SIZE" \
-    --save_step "$SAVE_STEP" --sample_step "$SAMPLE_STEP" \
-    --cfg
-row_eval "$RUN_DIR"
-say done
+DATASET=cifar10
+source "$(dirname "${BASH_SOURCE[0]}")/rows/ddpm.sh"

@@ -21,3 +21,18 @@ def popen_main(*args):
     return subprocess.Popen([sys.executable, 'main.py', *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def parse_flags(tokens):
+    """(flag -> last value, set of switches) of a command's arguments, e.g. a dry-run line."""
+    values, switches = {}, set()
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        if t.startswith('--') and i + 1 < len(tokens) and not tokens[i + 1].startswith('--'):
+            values[t] = tokens[i + 1]
+            i += 2
+        else:
+            switches.add(t)
+            i += 1
+    return values, switches

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import parse_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'scripts', 'proxy_digits.sh')
 EVAL = os.path.join(ROOT, 'scripts', 'proxy_eval.py')
@@ -31,26 +33,11 @@ def dry_run(*args, **extra):
     return r.stdout, cmds
 
 
-def flags(tokens):
-    """(flag -> last value, set of switches) of a command's arguments."""
-    values, switches = {}, set()
-    i = 0
-    while i < len(tokens):
-        t = tokens[i]
-        if t.startswith('--') and i + 1 < len(tokens) and not tokens[i + 1].startswith('--'):
-            values[t] = tokens[i + 1]
-            i += 2
-        else:
-            switches.add(t)
-            i += 1
-    return values, switches
-
-
 def test_dry_run_same_budget(tmp_path):
     out, cmds = dry_run(str(tmp_path / 'logs'))
     assert not (tmp_path / 'logs').exists(), 'a dry run writes nothing'
-    train = [flags(c[2:]) for c in cmds if c[1] == 'main.py' and '--train' in c]
-    sample = [flags(c[2:]) for c in cmds if c[1] == 'main.py' and '--sample' in c]
+    train = [parse_flags(c[2:]) for c in cmds if c[1] == 'main.py' and '--train' in c]
+    sample = [parse_flags(c[2:]) for c in cmds if c[1] == 'main.py' and '--sample' in c]
     evals = [c for c in cmds if c[1].endswith('proxy_eval.py')]
     assert len(train) == 2 and len(sample) == 2 and len(evals) == 1, out
     (ddpm, ddpm_sw), (cbdm, cbdm_sw) = train
@@ -74,8 +61,8 @@ def test_dry_run_same_budget(tmp_path):
 def test_dry_run_overrides_reach_both(tmp_path):
     _, cmds = dry_run(str(tmp_path), TOTAL_STEPS=300, BATCH_SIZE=32, SAMPLER='ddim',
                       SAMPLE_STEPS=20, OMEGA=2)
-    train = [flags(c[2:])[0] for c in cmds if '--train' in c]
-    sample = [flags(c[2:])[0] for c in cmds if '--sample' in c]
+    train = [parse_flags(c[2:])[0] for c in cmds if '--train' in c]
+    sample = [parse_flags(c[2:])[0] for c in cmds if '--sample' in c]
     assert [t['--total_steps'] for t in train] == ['300', '300']
     assert [t['--batch_size'] for t in train] == ['32', '32']
     assert [s['--sample_steps'] for s in sample] == ['20', '20']

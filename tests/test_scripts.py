@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 
+from helpers import parse_flags
 from fakedata import write_cifar10, write_random_inception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,22 +77,6 @@ def commands(stdout):
     return out
 
 
-def parse(tokens):
-    """(flag -> last value, set of switches) of main.py arguments."""
-    values, switches = {}, set()
-    i = 0
-    while i < len(tokens):
-        t = tokens[i]
-        assert t.startswith('--'), tokens
-        if i + 1 < len(tokens) and not tokens[i + 1].startswith('--'):
-            values[t] = tokens[i + 1]
-            i += 2
-        else:
-            switches.add(t)
-            i += 1
-    return values, switches
-
-
 # --------------------------------------------------------------------------------------------
 # (a) dry runs print the README's commands and write nothing
 # --------------------------------------------------------------------------------------------
@@ -106,7 +91,7 @@ def test_row_dry_run(tmp_path, ds, row):
     spec = ROWS[row]
     run_dir = str(logs / f'{ds}{spec["run"]}')
 
-    train, switches = parse(cmds[0])
+    train, switches = parse_flags(cmds[0])
     assert {'--train', '--conditional', *spec['switches']} <= switches
     for key, value in {**spec['train'], '--flagfile': f'./config/{ds}.txt',
                        '--data_type': f'{ds}lt', '--imb_factor': '0.01', '--img_size': '32',
@@ -125,7 +110,7 @@ def test_row_dry_run(tmp_path, ds, row):
     if row != 'cbdm_augm':
         assert '--augm' not in switches
 
-    ev, switches = parse(cmds[1])
+    ev, switches = parse_flags(cmds[1])
     assert {'--notrain', '--eval'} <= switches and '--train' not in switches
     for key, value in {**spec['eval'], '--flagfile': f'{run_dir}/flagfile.txt',
                        '--logdir': run_dir, '--root': str(data), '--num_images': '50000',
@@ -139,7 +124,7 @@ def test_make_stats_dry_run(tmp_path):
     p = run_script('make_stats.sh', '--dry-run', tmp_path / 'data', STATS_DIR=stats)
     assert p.returncode == 0, p.stderr + p.stdout
     assert os.listdir(tmp_path) == []
-    cmds = [parse(c) for c in commands(p.stdout)]
+    cmds = [parse_flags(c) for c in commands(p.stdout)]
     assert [v['--data_type'] for v, _ in cmds] == ['cifar10', 'cifar100']
     for (values, switches), ds in zip(cmds, ('cifar10', 'cifar100')):
         assert '--make_stats' in switches
@@ -150,7 +135,7 @@ def test_make_stats_dry_run(tmp_path):
     (stats / 'cifar100.train.npz').write_bytes(b'')
     p = run_script('make_stats.sh', '-n', tmp_path / 'data', STATS_DIR=stats)
     assert p.returncode == 0, p.stderr
-    assert [parse(c)[0]['--data_type'] for c in commands(p.stdout)] == ['cifar10']
+    assert [parse_flags(c)[0]['--data_type'] for c in commands(p.stdout)] == ['cifar10']
     assert 'skip cifar100' in p.stdout
 
 
@@ -163,7 +148,7 @@ def test_env_overrides_and_relative_paths(tmp_path):
     assert p.returncode == 0, p.stderr
     assert os.listdir(tmp_path) == []
     train_tokens, eval_tokens = commands(p.stdout)
-    train, ev = parse(train_tokens)[0], parse(eval_tokens)[0]
+    train, ev = parse_flags(train_tokens)[0], parse_flags(eval_tokens)[0]
     assert train['--root'] == str(tmp_path / 'd')
     assert train['--logdir'] == str(tmp_path / 'l' / 'cifar100lt_ltdm')
     assert train['--total_steps'] == '11' and train['--batch_size'] == '48'
@@ -173,7 +158,7 @@ def test_env_overrides_and_relative_paths(tmp_path):
         assert tokens[-4:] == ['--ch', '64', '--amp', 'bf16']
     # arguments win over the environment
     p = run_script('cifar100lt_cbdm.sh', '-n', tmp_path / 'x', cwd=tmp_path, DATA_ROOT='d')
-    assert parse(commands(p.stdout)[0])[0]['--root'] == str(tmp_path / 'x')
+    assert parse_flags(commands(p.stdout)[0])[0]['--root'] == str(tmp_path / 'x')
     # bad input
     p = run_script('cifar100lt_cbdm.sh', '--nope')
     assert p.returncode != 0 and 'unknown option --nope' in p.stderr
@@ -200,7 +185,7 @@ def test_skip_logic_dry_run(tmp_path):
     assert p.returncode == 0, p.stderr
     assert 'training already complete' in p.stdout
     cmds = commands(p.stdout)
-    assert len(cmds) == 1 and '--eval' in parse(cmds[0])[1]
+    assert len(cmds) == 1 and '--eval' in parse_flags(cmds[0])[1]
     with open(run_dir / 'eval.jsonl', 'a') as f:
         f.write(json.dumps(line) + '\n')
     p = run_script('cifar10lt_cbdm.sh', '-n', tmp_path / 'data', logs)
@@ -225,7 +210,7 @@ def test_finetune_needs_ddpm_checkpoint(tmp_path):
     assert not logs.exists()
     # FT_CKPT moves both the source checkpoint and the default evaluation step
     p = run_script('cifar10lt_cbdm_finetune.sh', '-n', tmp_path / 'data', logs, FT_CKPT=100)
-    train, ev = (parse(c)[0] for c in commands(p.stdout))
+    train, ev = (parse_flags(c)[0] for c in commands(p.stdout))
     assert train['--ckpt_step'] == '100' and ev['--ckpt_step'] == '50100'
     assert 'ckpt_100.pt does not exist' in p.stdout
 
