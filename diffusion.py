@@ -202,7 +202,6 @@ class GaussianDiffusionSampler(nn.Module):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float())
-        self.register_buffer('alphas_bar_f64', alphas_bar)
 
     # --- the network, with guidance -------------------------------------------------------
     def predict_eps(self, x_t, t, y=None, omega=0.0, method='cfg'):
