@@ -42,9 +42,14 @@ abs_path() {
     esac
 }
 
-# parse_args MAX_POSITIONAL USAGE "$@": sets DRY_RUN (0/1), DATA_ROOT, LOG_ROOT
+# parse_args "NAME..." USAGE "$@": sets DRY_RUN (0/1) and the folders DATA_ROOT (default ./data)
+# and LOG_ROOT (./logs); the positional arguments fill the variables NAME... in order (so
+# "DATA_ROOT LOG_ROOT" for the table rows, "LOG_ROOT" for the proxy experiment); a folder not
+# given as an argument comes from the environment, else its default
 parse_args() {
-    local max_pos="$1" usage="$2"
+    local -a names
+    read -r -a names <<< "$1"
+    local usage="$2"
     shift 2
     local -a pos=()
     DRY_RUN="${DRY_RUN:-0}"
@@ -65,16 +70,16 @@ parse_args() {
         esac
         shift
     done
-    if [ "${#pos[@]}" -gt "$max_pos" ]; then
+    if [ "${#pos[@]}" -gt "${#names[@]}" ]; then
         echo "usage: $SCRIPT_NAME $usage" >&2
         die "too many arguments: ${pos[*]}"
     fi
-    if [ "${#pos[@]}" -ge 1 ]; then DATA_ROOT="$(abs_path "${pos[0]}")"
-    elif [ -n "${DATA_ROOT:-}" ]; then DATA_ROOT="$(abs_path "$DATA_ROOT")"
-    else DATA_ROOT=./data; fi
-    if [ "${#pos[@]}" -ge 2 ]; then LOG_ROOT="$(abs_path "${pos[1]}")"
-    elif [ -n "${LOG_ROOT:-}" ]; then LOG_ROOT="$(abs_path "$LOG_ROOT")"
-    else LOG_ROOT=./logs; fi
+    local i
+    for i in "${!pos[@]}"; do
+        printf -v "${names[$i]}" '%s' "${pos[$i]}"
+    done
+    if [ -n "${DATA_ROOT:-}" ]; then DATA_ROOT="$(abs_path "$DATA_ROOT")"; else DATA_ROOT=./data; fi
+    if [ -n "${LOG_ROOT:-}" ]; then LOG_ROOT="$(abs_path "$LOG_ROOT")"; else LOG_ROOT=./logs; fi
     DATA_ROOT="${DATA_ROOT%/}"
     LOG_ROOT="${LOG_ROOT%/}"
     [ -n "$DATA_ROOT" ] || DATA_ROOT=/

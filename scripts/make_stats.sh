@@ -10,7 +10,7 @@
 #   A statistics file that already exists is skipped (delete it to recompute).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-parse_args 1 '[--dry-run] [DATA_ROOT]' "$@"
+parse_args 'DATA_ROOT' '[--dry-run] [DATA_ROOT]' "$@"
 
 DATASETS="${DATASETS:-cifar10 cifar100}"
 for ds in $DATASETS; do

@@ -19,34 +19,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-USAGE='[--dry-run] [LOG_ROOT]'
-DRY_RUN="${DRY_RUN:-0}"
-case "$DRY_RUN" in ''|0|false|no) DRY_RUN=0 ;; *) DRY_RUN=1 ;; esac
-POS=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        -n|--dry-run|--dry_run) DRY_RUN=1 ;;
-        -h|--help)
-            echo "usage: $SCRIPT_NAME $USAGE"
-            awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-            exit 0 ;;
-        --) shift; POS+=("$@"); break ;;
-        -*) echo "usage: $SCRIPT_NAME $USAGE" >&2; die "unknown option $1" ;;
-        *) POS+=("$1") ;;
-    esac
-    shift
-done
-[ "${#POS[@]}" -le 1 ] || { echo "usage: $SCRIPT_NAME $USAGE" >&2; die "too many arguments: ${POS[*]}"; }
-if [ "${#POS[@]}" -eq 1 ]; then LOG_ROOT="$(abs_path "${POS[0]}")"
-elif [ -n "${LOG_ROOT:-}" ]; then LOG_ROOT="$(abs_path "$LOG_ROOT")"
-else LOG_ROOT=./logs; fi
-LOG_ROOT="${LOG_ROOT%/}"
-[ -n "$LOG_ROOT" ] || LOG_ROOT=/
-if [ -z "${PYTHON:-}" ]; then
-    if command -v python >/dev/null 2>&1; then PYTHON=python; else PYTHON=python3; fi
-fi
-read -r -a EXTRA <<< "${EXTRA_FLAGS:-}"
-cd "$REPO_ROOT"
+parse_args 'LOG_ROOT' '[--dry-run] [LOG_ROOT]' "$@"
 
 TOTAL_STEPS="${TOTAL_STEPS:-2500}"
 BATCH_SIZE="${BATCH_SIZE:-64}"

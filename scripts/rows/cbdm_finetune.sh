@@ -4,7 +4,7 @@
 # (cifar10 or cifar100); see them for the usage and the environment variables.
 : "${DATASET:?set DATASET to cifar10 or cifar100}"
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
-parse_args 2 '[--dry-run] [DATA_ROOT [LOG_ROOT]]' "$@"
+parse_args 'DATA_ROOT LOG_ROOT' '[--dry-run] [DATA_ROOT [LOG_ROOT]]' "$@"
 
 FT_CKPT="${FT_CKPT:-200000}"            # the DDPM checkpoint that is fine-tuned
 DDPM_RUN="${DDPM_RUN:-${DATASET}lt_ddpm}"     # the DDPM run (scripts/${DATASET}lt_ddpm.sh)

@@ -4,7 +4,7 @@
 # (cifar10 or cifar100); see them for the usage and the environment variables.
 : "${DATASET:?set DATASET to cifar10 or cifar100}"
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
-parse_args 2 '[--dry-run] [DATA_ROOT [LOG_ROOT]]' "$@"
+parse_args 'DATA_ROOT LOG_ROOT' '[--dry-run] [DATA_ROOT [LOG_ROOT]]' "$@"
 
 TOTAL_STEPS="${TOTAL_STEPS:-300001}"
 BATCH_SIZE="${BATCH_SIZE:-64}"
