@@ -1,4 +1,4 @@
-"""Gaussian diffusion: the CBDM training objective and the DDPM / DDIM samplers.
+"""Gaussian diffusion: the CBDM training objective and the DDPM / DDIM / fast ODE samplers.
 
 Notation follows Ho et al. (2020): betas (T), alphas = 1 - betas, alphas_bar = cumprod(alphas),
 x_t = sqrt(alphas_bar_t) x_0 + sqrt(1 - alphas_bar_t) eps. Time indices t are 0-based (0..T-1).
@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from samplers import SOLVER_SPACINGS, make_scheduler, resolve_spacing, solve
 
 NO_LABEL = -1
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -146,16 +148,21 @@ def timestep_subsequence(T, steps, skip_type='quad'):
 
 
 class GaussianDiffusionSampler(nn.Module):
-    """Ancestral DDPM sampling over all T steps (default) or DDIM over a subsequence.
+    """Ancestral DDPM over all T steps (default), DDIM, DPM-Solver++(2M) or UniPC in fewer steps.
 
     Args:
         model, beta_1, beta_T, T: as for training.
         num_class: labels are drawn uniformly from [0, num_class) when not given.
         img_size: H = W of generated images.
         var_type: 'fixedlarge' (betas, first entry the posterior variance) or 'fixedsmall'
-            (the clipped posterior variance).
-        sampler: 'ddpm' or 'ddim'; sample_steps: DDIM steps; eta: DDIM stochasticity
-            (0 deterministic, 1 ancestral-like); skip_type: DDIM step spacing ('quad', 'uniform').
+            (the clipped posterior variance); DDPM only.
+        sampler: 'ddpm', 'ddim' (ours), 'dpm++2m' or 'unipc' (diffusers' schedulers, samplers.py).
+        sample_steps: steps of every sampler but DDPM, in [1, T] (default T).
+        eta: DDIM stochasticity (0 deterministic, 1 ancestral-like); must be 0 for dpm++2m, unipc.
+        skip_type: DDIM step spacing ('quad', 'uniform'), used when `spacing` is 'auto'.
+        spacing: step spacing, 'auto' (each sampler's best on the Gaussian oracle) or one of
+            samplers.SPACINGS[sampler]: ddim 'quad' / 'uniform'; dpm++2m 'default' / 'karras' /
+            'lu' / 'exponential'; unipc 'default' / 'karras' / 'exponential'; ddpm only 'auto'.
         batched: evaluate the two guidance passes as one batched forward.
         amp: 'none', 'bf16' or 'fp16' autocast for the network.
     Forward:
@@ -165,40 +172,50 @@ class GaussianDiffusionSampler(nn.Module):
 
     def __init__(self, model, beta_1, beta_T, T, num_class, img_size=32, var_type='fixedlarge',
                  sampler='ddpm', sample_steps=None, eta=0.0, skip_type='quad', batched=True,
-                 amp='none'):
+                 amp='none', spacing='auto'):
         super().__init__()
         if var_type not in ('fixedlarge', 'fixedsmall'):
             raise ValueError(f'unknown var_type {var_type}')
-        if sampler not in ('ddpm', 'ddim'):
-            raise ValueError(f'unknown sampler {sampler}')
+        if skip_type not in ('quad', 'uniform'):
+            raise ValueError(f'unknown skip_type {skip_type}')
+        self.spacing = resolve_spacing(sampler, spacing, skip_type)
+        self.sample_steps = sample_steps or T
+        if sampler != 'ddpm' and not 1 <= self.sample_steps <= T:
+            raise ValueError(f'sample_steps must be in [1, {T}], got {self.sample_steps}')
+        if sampler in SOLVER_SPACINGS and eta != 0:
+            raise ValueError(f'eta applies to ddim only; {sampler} is deterministic (eta 0)')
         self.model = model
         self.T = T
         self.num_class = num_class
         self.img_size = img_size
         self.var_type = var_type
         self.sampler = sampler
-        self.sample_steps = sample_steps or T
         self.eta = eta
-        self.skip_type = skip_type
+        self.skip_type = self.spacing if sampler == 'ddim' else skip_type
         self.batched = batched
         self.amp = amp
+        # built once: diffusers schedulers are stateful per run but reset by set_timesteps
+        self.scheduler = (make_scheduler(sampler, linear_betas(beta_1, beta_T, T), self.spacing)
+                          if sampler in SOLVER_SPACINGS else None)
 
         betas = linear_betas(beta_1, beta_T, T)
         alphas = 1. - betas
         alphas_bar = torch.cumprod(alphas, dim=0)
         alphas_bar_prev = F.pad(alphas_bar, [1, 0], value=1)[:T]
         posterior_var = betas * (1. - alphas_bar_prev) / (1. - alphas_bar)
+        # the posterior variance is 0 at t = 0: its log is clipped to the value at t = 1 (to
+        # beta_1 when T = 1; t = 0 adds no noise, so it only has to be finite)
+        var_at_0 = posterior_var[1:2] if T > 1 else betas[:1]
         buffers = {
             'betas': betas,
             'alphas_bar': alphas_bar,
             'sqrt_recip_alphas_bar': torch.sqrt(1. / alphas_bar),
             'sqrt_recipm1_alphas_bar': torch.sqrt(1. / alphas_bar - 1),
             'posterior_var': posterior_var,
-            # the posterior variance is 0 at t = 0: clip the log to its value at t = 1
-            'posterior_log_var_clipped': torch.log(torch.cat([posterior_var[1:2], posterior_var[1:]])),
+            'posterior_log_var_clipped': torch.log(torch.cat([var_at_0, posterior_var[1:]])),
             'posterior_mean_coef1': torch.sqrt(alphas_bar_prev) * betas / (1. - alphas_bar),
             'posterior_mean_coef2': torch.sqrt(alphas) * (1. - alphas_bar_prev) / (1. - alphas_bar),
-            'fixedlarge_log_var': torch.log(torch.cat([posterior_var[1:2], betas[1:]])),
+            'fixedlarge_log_var': torch.log(torch.cat([var_at_0, betas[1:]])),
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float())
@@ -285,10 +302,13 @@ class GaussianDiffusionSampler(nn.Module):
                     x_t = mean + torch.exp(0.5 * log_var) * torch.randn_like(x_t)
                 else:
                     x_t = mean
-        else:
+        elif self.sampler == 'ddim':
             steps = timestep_subsequence(self.T, self.sample_steps, self.skip_type)[::-1].tolist()
             for time_step, prev_step in zip(steps, steps[1:] + [-1]):
                 t = x_t.new_full((x_T.shape[0],), time_step, dtype=torch.long)
                 t_prev = x_t.new_full((x_T.shape[0],), prev_step, dtype=torch.long)
                 x_t = self.ddim_step(x_t, t, t_prev, y_model, omega, method)
+        else:
+            x_t = solve(self.scheduler, self.sample_steps, self.predict_eps, x_T, y_model, omega,
+                        method)
         return torch.clip(x_t, -1, 1), y

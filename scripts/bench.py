@@ -16,6 +16,11 @@ memory of each, as a markdown table:
 - a full sample of a batch: DDPM over all `--full_sample_T` steps, fp32, two guidance passes
   (baseline) vs DDPM with `--amp` batched, and vs DDIM in `--sample_steps` steps with `--amp`
   batched;
+- sampler throughput: images per second of a cfg-guided batch (`--amp`, batched) for DDPM over
+  all `--T` steps (timed over `--full_sample_T` steps, the same run as the full-sample row, and
+  scaled: DDPM time is linear in its steps) and for DDIM, DPM-Solver++(2M) and UniPC in
+  `--fast_steps` steps on the `--T`-step schedule, with the time per step, the network FLOPs per
+  image and the time 50,000 images would take at that rate on this device;
 - feature metrics on `--feat_n` x `--feat_dim` random features: improved precision/recall
   (brute-force float64 numpy full distance matrices, as the reference code, vs the chunked torch
   implementation of score/metrics.py; the baseline only up to --brute_max features) and the FID
@@ -40,6 +45,7 @@ import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -48,6 +54,9 @@ from diffusion import AMP_DTYPES, GaussianDiffusionSampler, GaussianDiffusionTra
 from model import UNet, check_config  # noqa: E402
 from score import metrics as M  # noqa: E402
 from utils import save_text  # noqa: E402
+
+FAST_SAMPLERS = ('ddim', 'dpm++2m', 'unipc')
+N_EVAL_IMAGES = 50000
 
 NUM_CLASS = 10
 BETA_1, BETA_T = 1e-4, 0.02
@@ -84,6 +93,8 @@ def parse_args(argv=None):
                         'steps; <= --T)')
     s.add_argument('--sample_steps', type=int, default=5, help='DDIM steps of the full sample')
     s.add_argument('--sample_batch', type=int, default=2, help='batch of the full-sample rows')
+    s.add_argument('--fast_steps', type=int, default=20,
+                   help='steps of DDIM, DPM-Solver++(2M) and UniPC in the throughput table')
     s.add_argument('--sample_repeats', type=int, default=1,
                    help='timed runs of each full sample (median)')
     f = p.add_argument_group('metrics')
@@ -106,6 +117,8 @@ def parse_args(argv=None):
         p.error(f'--full_sample_T must be in [1, --T={args.T}]')
     if not 1 <= args.sample_steps <= args.full_sample_T:
         p.error(f'--sample_steps must be in [1, --full_sample_T={args.full_sample_T}]')
+    if not 1 <= args.fast_steps <= args.T:
+        p.error(f'--fast_steps must be in [1, --T={args.T}]')
     if min(args.batch, args.sample_batch, args.repeats, args.sample_repeats,
            args.metric_repeats) < 1:
         p.error('--batch, --sample_batch and the --*repeats flags must be >= 1')
@@ -291,14 +304,10 @@ def sample_step_fn(args, model, method, amp, batched):
     return step
 
 
-def full_sample_fn(args, model, sampler_kind, amp, batched):
-    """Sample `--sample_batch` images with cfg guidance from x_T to x_0."""
+def guided_sampling(args, model, sampler, seed):
+    """A closure sampling `--sample_batch` images with cfg guidance from fixed x_T and labels."""
     dev = torch.device(args.device)
-    sampler = GaussianDiffusionSampler(model, BETA_1, BETA_T, args.full_sample_T, NUM_CLASS,
-                                       args.img_size, sampler=sampler_kind,
-                                       sample_steps=args.sample_steps, batched=batched,
-                                       amp=amp).to(dev)
-    g = torch.Generator().manual_seed(args.seed + 2)
+    g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(args.sample_batch, 3, args.img_size, args.img_size, generator=g).to(dev)
     y = torch.randint(NUM_CLASS, (args.sample_batch,), generator=g).to(dev)
 
@@ -307,6 +316,75 @@ def full_sample_fn(args, model, sampler_kind, amp, batched):
         model.eval()
         return sampler(x_T, omega=args.omega, method='cfg', y=y)
     return run
+
+
+def full_sample_fn(args, model, sampler_kind, amp, batched):
+    """Sample `--sample_batch` images with cfg guidance from x_T to x_0."""
+    sampler = GaussianDiffusionSampler(model, BETA_1, BETA_T, args.full_sample_T, NUM_CLASS,
+                                       args.img_size, sampler=sampler_kind,
+                                       sample_steps=args.sample_steps, batched=batched,
+                                       amp=amp).to(torch.device(args.device))
+    return guided_sampling(args, model, sampler, args.seed + 2)
+
+
+def fast_sample_fn(args, model, sampler_kind):
+    """Sample `--sample_batch` images with cfg guidance in `--fast_steps` steps (--T schedule)."""
+    sampler = GaussianDiffusionSampler(model, BETA_1, BETA_T, args.T, NUM_CLASS, args.img_size,
+                                       sampler=sampler_kind, sample_steps=args.fast_steps,
+                                       amp=args.amp).to(torch.device(args.device))
+    return guided_sampling(args, model, sampler, args.seed + 3)
+
+
+def forward_flops(args, model):
+    """FLOPs of one network evaluation of one image (torch's FlopCounterMode: matmuls,
+    convolutions, attention)."""
+    dev = torch.device(args.device)
+    x = torch.randn(1, 3, args.img_size, args.img_size, device=dev)
+    t, y = torch.full((1,), args.T // 2, device=dev), torch.zeros(1, dtype=torch.long, device=dev)
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t, y=y)
+    return counter.get_total_flops()
+
+
+def fmt_gflop(g):
+    return f'{g:,.0f}' if g >= 100 else f'{g:.3g}'
+
+
+def fmt_duration(s):
+    if s < 120:
+        return f'{s:.0f} s'
+    if s < 7200:
+        return f'{s / 60:.0f} min'
+    return f'{s / 3600:.1f} h'
+
+
+def bench_samplers(args, model, memory, ddpm):
+    """Images per second of each sampler (cfg, `--amp`, batched); `ddpm` is the (seconds, bytes)
+    of the `--full_sample_T`-step DDPM run of the full-sample rows. Returns markdown lines."""
+    n, dev = args.sample_batch, args.device
+    # one warm-up run each: a 20-step sample is short enough for first-call costs to show
+    results = measure([fast_sample_fn(args, model, kind) for kind in FAST_SAMPLERS],
+                      args.sample_repeats, dev, memory, warmup=1)
+    rows = [('ddpm', args.T, ddpm[0] * args.T / args.full_sample_T)]
+    rows += [(kind, args.fast_steps, sec) for kind, (sec, _) in zip(FAST_SAMPLERS, results)]
+    gflop = forward_flops(args, model) / 1e9
+    lines = [f'| sampler (cfg, {args.amp}, batched) | steps | '
+             f'network GFLOP per image (all steps) | '
+             f'time per step (batch {n}) | images/s | {N_EVAL_IMAGES:,} images |',
+             '|---|---:|---:|---:|---:|---:|']
+    for kind, steps, sec in rows:
+        per_s = n / sec
+        lines.append(f'| {kind} | {steps} | {fmt_gflop(2 * steps * gflop)} | '
+                     f'{fmt_time(sec / steps)} | '
+                     f'{per_s:.3g} | {fmt_duration(N_EVAL_IMAGES / per_s)} |')
+    lines += ['', f'- throughput: one network evaluation of one image is {gflop:.3f} GFLOP; cfg '
+              f'evaluates it twice per step (as one batch of {2 * n}); DDPM timed over '
+              f'{args.full_sample_T} steps and scaled to {args.T}'
+              + ('' if args.full_sample_T == args.T else ' (time is linear in the steps)')
+              + f'; {N_EVAL_IMAGES:,} images = {N_EVAL_IMAGES:,} / images/s on this device at '
+              f'batch {n} (larger batches are faster per image on a GPU).']
+    return lines
 
 
 def random_features(n, d, seed, shift=0.0, scale=1.0):
@@ -410,8 +488,9 @@ def bench_model(args, table, memory):
                      f'DDPM {amp} batched ~{fmt_time(ddpm[0] * scale)}, against DDIM '
                      f'{round(args.sample_steps * scale)} steps ~{fmt_time(ddim[0] * scale)} '
                      f'(same step ratio as shown)')
+    throughput = bench_samplers(args, model, memory, ddpm)
     del model
-    return notes
+    return notes, throughput
 
 
 def bench_metrics(args, table, memory):
@@ -518,7 +597,7 @@ def main(argv=None):
     t_start = time.perf_counter()
 
     table = Table()
-    notes = bench_model(args, table, memory)
+    notes, throughput = bench_model(args, table, memory)
     notes += bench_metrics(args, table, memory)
     full = bench_full_metrics(args, memory) if args.full_metrics else None
 
@@ -540,6 +619,7 @@ def main(argv=None):
         'the full work of its mode; plain = conditional without label dropout.',
     ]
     out += ['- ' + note for note in notes]
+    out += [''] + throughput
     if full:
         out += ['', full]
     out += ['', f'Total bench time: {time.perf_counter() - t_start:.0f} s.']

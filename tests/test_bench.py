@@ -1,16 +1,19 @@
 """scripts/bench.py end to end with the tiniest settings: every row of the markdown table is
-there, with times, peak memory and a numeric ratio, and --out writes the same markdown."""
+there, with times, peak memory and a numeric ratio, the sampler throughput table has a row per
+sampler, and --out writes the same markdown."""
 import os
 import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'scripts', 'bench.py')
 TINY = ['--ch', '32', '--ch_mult', '1', '--attn', '0', '--num_res_blocks', '1', '--img_size', '8',
         '--batch', '2', '--T', '10', '--full_sample_T', '10', '--sample_steps', '3',
-        '--sample_batch', '2', '--feat_n', '200', '--feat_dim', '64', '--repeats', '1',
-        '--device', 'cpu', '--amp', 'bf16']
+        '--sample_batch', '2', '--fast_steps', '4', '--feat_n', '200', '--feat_dim', '64',
+        '--repeats', '1', '--device', 'cpu', '--amp', 'bf16']
 ROWS = ['train step plain', 'train step --cfg', 'train step --cb', 'sampling step cond',
         'sampling step cfg', 'full cfg sample', 'full cfg sample', 'improved P/R', 'FID distance']
 TIME = re.compile(r'^\d+(\.\d+)? (us|ms|s)$')
@@ -26,15 +29,32 @@ def run_bench(*extra):
     return proc.stdout
 
 
+def markdown_tables(text):
+    """Every markdown table of the output: a list of row lists (header and separator dropped)."""
+    tables, current = [], None
+    for line in text.splitlines() + ['']:
+        if line.startswith('|'):
+            current = (current or []) + [line]
+        elif current:
+            tables.append(current)
+            current = None
+    return [[[c.strip() for c in l.strip().strip('|').split('|')] for l in t[2:]] for t in tables]
+
+
 def table_rows(text):
-    lines = [l for l in text.splitlines() if l.startswith('| ')]
-    assert lines[0].startswith('| benchmark | baseline | time | peak mem | optimised |')
-    return [[c.strip() for c in l.strip().strip('|').split('|')] for l in lines[1:]]
+    assert text.split('\n| ')[1].startswith('benchmark | baseline | time | peak mem | optimised |')
+    return markdown_tables(text)[0]
 
 
-def test_bench_tiny_table(tmp_path):
-    out = tmp_path / 'bench.md'
-    text = run_bench('--out', str(out))
+@pytest.fixture(scope='module')
+def bench_run(tmp_path_factory):
+    """(stdout, --out file) of one tiny run, shared by the tests of its two tables."""
+    out = tmp_path_factory.mktemp('bench') / 'bench.md'
+    return run_bench('--out', str(out)), out
+
+
+def test_bench_tiny_table(bench_run):
+    text, out = bench_run
     assert text.startswith('Machine: ')
     assert 'torch ' + __import__('torch').__version__ in text.splitlines()[0]
     rows = table_rows(text)
@@ -54,6 +74,21 @@ def test_bench_tiny_table(tmp_path):
     nums = re.findall(r'\((\d\.\d+), (\d\.\d+)\)', line)
     assert len(nums) == 2 and nums[0] == nums[1]
     assert out.read_text() == text
+
+
+def test_bench_sampler_throughput(bench_run):
+    text, _ = bench_run
+    assert '| sampler (cfg, bf16, batched) | steps | network GFLOP per image (all steps) |' in text
+    rows = markdown_tables(text)[1]
+    assert [(r[0], r[1]) for r in rows] == [('ddpm', '10'), ('ddim', '4'), ('dpm++2m', '4'),
+                                            ('unipc', '4')]
+    gflop = [float(r[2].replace(',', '')) for r in rows]
+    assert gflop[0] == pytest.approx(2.5 * gflop[1], rel=0.01)  # 10 steps against 4
+    for name, steps, _, per_step, per_s, total in rows:
+        assert TIME.match(per_step), (name, per_step)
+        assert float(per_s) > 0, (name, per_s)
+        assert re.match(r'^\d+(\.\d+)? (s|min|h)$', total), (name, total)
+    assert re.search(r'one network evaluation of one image is \d+\.\d{3} GFLOP', text)
 
 
 def test_bench_rejects_bad_config():
