@@ -4,8 +4,14 @@
     python scripts/collect_results.py [LOG_ROOT] [--csv]
 
 Reads every LOG_ROOT/*/eval.jsonl (one JSON object per evaluation, written by
-`main.py --eval`); for each run, checkpoint, sample method and omega the last line wins.
-Missing values are shown as '-' (empty cells in CSV). Pure python: json and argparse only.
+`main.py --eval`, and by `main.py --classify` for classifier runs); for each run, checkpoint,
+sample method and omega the last line wins. Missing values are shown as '-' (empty cells in
+CSV). Pure python: json and argparse only.
+
+When classifier runs are present, the table gains the columns classifier (ce, ce+synthetic or
+cas), top1, top1_many, top1_medium and top1_few right after FID; a classifier trained on
+images of a generator run (--synthetic_logdir) shows that generator's FID when LOG_ROOT holds
+its evaluation with the same checkpoint, sample method and omega.
 """
 import argparse
 import csv
@@ -35,7 +41,41 @@ COLUMNS = [
     ('recall_medium', 'recall_medium', '.3f'),
     ('recall_tail', 'recall_tail', '.3f'),
 ]
+# the long-tailed recognition columns, added when a classifier run is present
+ACC_COLUMNS = [
+    ('classifier', 'mode', None),
+    ('top1', 'top1', '.3f'),
+    ('top1_many', 'top1_many', '.3f'),
+    ('top1_medium', 'top1_medium', '.3f'),
+    ('top1_few', 'top1_few', '.3f'),
+]
 MISSING = '-'
+
+
+def is_classifier(rec):
+    return rec.get('kind') == 'classify'
+
+
+def columns_of(records):
+    """COLUMNS, with ACC_COLUMNS right after FID when any record is a classifier run's."""
+    if not any(is_classifier(r) for r in records):
+        return COLUMNS
+    at = [h for h, _, _ in COLUMNS].index('FID') + 1
+    return COLUMNS[:at] + ACC_COLUMNS + COLUMNS[at:]
+
+
+def attach_generator_fid(records):
+    """Give each classifier record trained on a generator run's images (key 'generator') that
+    run's FID, from its evaluation with the same ckpt_step, sample_method and omega."""
+    evals = {(r['run'], r.get('ckpt_step'), r.get('sample_method'), _omega_key(r.get('omega'))): r
+             for r in records if not is_classifier(r)}
+    for rec in records:
+        if is_classifier(rec) and rec.get('generator') and rec.get('FID') is None:
+            found = evals.get((rec['generator'], rec.get('ckpt_step'), rec.get('sample_method'),
+                               _omega_key(rec.get('omega'))))
+            if found is not None:
+                rec['FID'] = found.get('FID')
+    return records
 
 
 def read_jsonl(path):
@@ -103,8 +143,9 @@ def cell(value, spec):
 
 
 def markdown(records):
-    header = [h for h, _, _ in COLUMNS]
-    rows = [[cell(rec.get(key), spec) for _, key, spec in COLUMNS] for rec in records]
+    cols = columns_of(records)
+    header = [h for h, _, _ in cols]
+    rows = [[cell(rec.get(key), spec) for _, key, spec in cols] for rec in records]
     lines = ['| ' + ' | '.join(header) + ' |',
              '|' + '|'.join('---' if i < 3 else '---:' for i in range(len(header))) + '|']
     lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
@@ -112,11 +153,12 @@ def markdown(records):
 
 
 def write_csv(records, out):
+    cols = columns_of(records)
     w = csv.writer(out, lineterminator='\n')
-    w.writerow([h for h, _, _ in COLUMNS])
+    w.writerow([h for h, _, _ in cols])
     for rec in records:
         row = []
-        for _, key, _ in COLUMNS:
+        for _, key, _ in cols:
             v = rec.get(key)
             row.append('' if v is None or isinstance(v, (list, dict)) else v)
         w.writerow(row)
@@ -131,7 +173,7 @@ def main(argv=None):
     if not os.path.isdir(args.log_root):
         print(f'error: {args.log_root}: no such folder', file=sys.stderr)
         return 1
-    records = collect(args.log_root)
+    records = attach_generator_fid(collect(args.log_root))
     if not records:
         print(f'error: no evaluations found ({args.log_root}/*/eval.jsonl)', file=sys.stderr)
         return 1

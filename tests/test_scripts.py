@@ -14,7 +14,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from helpers import parse_flags
 from fakedata import write_cifar10, write_random_inception
@@ -26,7 +25,8 @@ WEIGHTS_NAME = 'pt_inception-2015-12-05-6726825d.pth'
 SCRIPT_ENV = ('DATA_ROOT', 'LOG_ROOT', 'DRY_RUN', 'EXTRA_FLAGS', 'STATS_DIR', 'FID_CACHE',
               'DATASETS', 'TOTAL_STEPS', 'BATCH_SIZE', 'SAVE_STEP', 'SAMPLE_STEP', 'EVAL_CKPT',
               'OMEGA', 'EVAL_BATCH', 'NUM_IMAGES', 'SAMPLE_METHOD', 'RUN_NAME', 'FT_CKPT',
-              'DDPM_RUN')
+              'DDPM_RUN', 'CLS_ROWS', 'CLS_EPOCHS', 'SYN_FILL', 'CAS_FILL', 'SYN_WEIGHT',
+              'SAMPLER', 'SAMPLE_STEPS', 'SAMPLE_BATCH', 'SEEDS')
 TINY = ('--ch 32 --ch_mult 1 --attn -1 --num_res_blocks 1 --T 20 --batch_size 4 --img_size 8 '
         '--num_workers 0 --sample_size 4 --warmup 2 --dropout 0 --fid_use_torch')
 
@@ -336,3 +336,107 @@ def test_collect_results(tmp_path):
     assert p.returncode != 0 and 'no evaluations' in p.stderr
     p = collect(tmp_path / 'missing')
     assert p.returncode != 0 and 'no such folder' in p.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# (e) long-tailed recognition: scripts/*lt_classify.sh and the accuracy columns
+# --------------------------------------------------------------------------------------------
+CLS_GENERATORS = {'ddpm': ('lt_ddpm', '200000', '0.8'), 'cbdm': ('lt_ltdm', '300000', '1.6'),
+                  'cbdm_augm': ('lt_ltdm_augm', '500000', '1.4')}
+
+
+@pytest.mark.parametrize('ds', ['cifar10', 'cifar100'])
+def test_classify_dry_run(tmp_path, ds):
+    data, logs = tmp_path / 'data', tmp_path / 'logs'
+    p = run_script(f'{ds}lt_classify.sh', '--dry-run', data, logs)
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert os.listdir(tmp_path) == []
+    cmds = [parse_flags(c) for c in commands(p.stdout)]
+    rows = ['ce', 'ddpm', 'cbdm', 'cbdm_augm', 'cas_ddpm', 'cas_cbdm', 'cas_cbdm_augm']
+    assert [v['--logdir'] for v, _ in cmds] == [str(logs / f'{ds}lt_cls_{r}') for r in rows]
+    for (values, switches), row in zip(cmds, rows):
+        assert values['--flagfile'] == f'./config/classify_{ds}lt.txt'
+        assert values['--root'] == str(data) and values['--cls_epochs'] == '200'
+        assert '--train' not in switches and '--eval' not in switches
+        if row == 'ce':
+            assert '--synthetic_logdir' not in values and '--synthetic_only' not in switches
+            continue
+        run, ckpt, omega = CLS_GENERATORS[row.replace('cas_', '')]
+        assert values['--synthetic_logdir'] == str(logs / f'{ds}{run}')
+        assert values['--ckpt_step'] == ckpt and values['--omega'] == omega
+        assert values['--sample_method'] == 'cfg' and values['--synthetic_fill'] == 'head'
+        assert ('--synthetic_only' in switches) == row.startswith('cas_')
+    assert p.stdout.count('warning: the generator checkpoint') == 6
+    # without dry run a missing generator stops the script before any training
+    p = run_script(f'{ds}lt_classify.sh', data, logs, CLS_ROWS='ce cbdm')
+    assert p.returncode != 0 and not commands(p.stdout)
+    assert f'scripts/{ds}lt_cbdm.sh first' in p.stderr and not logs.exists()
+
+
+def test_classify_script_env_and_skip(tmp_path):
+    logs = tmp_path / 'logs'
+    p = run_script('cifar10lt_classify.sh', '-n', tmp_path / 'd', logs, CLS_ROWS='ce cas_cbdm',
+                   CLS_EPOCHS=3, CAS_FILL=7, SAMPLER='ddim', SAMPLE_STEPS=10, SAMPLE_BATCH=64,
+                   EXTRA_FLAGS='--num_workers 1')
+    assert p.returncode == 0, p.stderr
+    (ce, _), (cas, switches) = [parse_flags(c) for c in commands(p.stdout)]
+    assert ce['--cls_epochs'] == '3' and cas['--synthetic_fill'] == '7'
+    assert cas['--sampler'] == 'ddim' and cas['--sample_steps'] == '10'
+    assert cas['--batch_size'] == '64' and '--synthetic_only' in switches
+    assert commands(p.stdout)[1][-2:] == ['--num_workers', '1']
+    done = logs / 'cifar10lt_cls_ce'
+    done.mkdir(parents=True)
+    (done / 'eval.jsonl').write_text(json.dumps({'kind': 'classify', 'top1': 0.5}) + '\n')
+    p = run_script('cifar10lt_classify.sh', '-n', tmp_path / 'd', logs, CLS_ROWS='ce')
+    assert p.returncode == 0 and not commands(p.stdout) and 'skip ce' in p.stdout
+    for bad in (dict(CLS_ROWS='ce nope'), dict(CLS_EPOCHS='0'), dict(SYN_FILL='tail')):
+        p = run_script('cifar10lt_classify.sh', '-n', **bad)
+        assert p.returncode != 0 and list(bad)[0] in p.stderr
+
+
+def test_digits_classify_dry_run(tmp_path):
+    logs = tmp_path / 'logs'
+    p = run_script('digitslt_classify.sh', '-n', logs, SEEDS='0 1 2')
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(tmp_path) == []
+    cmds = [parse_flags(c) for c in commands(p.stdout)]
+    assert len(cmds) == 2 + 3 * 5
+    (ddpm, ddpm_sw), (cbdm, cbdm_sw) = cmds[:2]
+    assert '--cfg' in ddpm_sw and '--cb' in cbdm_sw and ddpm['--total_steps'] == '2500'
+    runs = [v['--logdir'] for v, _ in cmds[2:]]
+    assert runs == [str(logs / f'digitslt_cls_{r}_s{s}') for s in range(3)
+                    for r in ('ce', 'ddpm', 'cbdm', 'cas_ddpm', 'cas_cbdm')]
+    for values, switches in cmds[2:]:
+        assert values['--flagfile'] == './config/classify_digitslt.txt'
+        if '--synthetic_logdir' in values:
+            assert values['--ckpt_step'] == '2499' and values['--synthetic_fill'] == 'head'
+            assert ('--synthetic_only' in switches) == ('cas_' in values['--logdir'])
+
+
+def test_collect_results_accuracy_columns(tmp_path):
+    write_jsonl(tmp_path / 'cifar10lt_ltdm' / 'eval.jsonl', [
+        {'ckpt_step': 300000, 'sample_method': 'cfg', 'omega': 1.6, 'FID': 5.5,
+         'num_images': 50000}])
+    write_jsonl(tmp_path / 'cifar10lt_cls_ce' / 'eval.jsonl', [
+        {'kind': 'classify', 'mode': 'ce', 'top1': 0.7, 'top1_many': 0.9, 'top1_medium': 0.7,
+         'top1_few': None}])
+    write_jsonl(tmp_path / 'cifar10lt_cls_cbdm' / 'eval.jsonl', [
+        {'kind': 'classify', 'mode': 'ce+synthetic', 'generator': 'cifar10lt_ltdm',
+         'ckpt_step': 300000, 'sample_method': 'cfg', 'omega': 1.6, 'top1': 0.75,
+         'top1_many': 0.9, 'top1_medium': 0.72, 'top1_few': 0.61}])
+    p = collect(tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip('|').split('|')]
+    at = header.index('FID') + 1                                     # beside FID
+    assert header[at:at + 5] == ['classifier', 'top1', 'top1_many', 'top1_medium', 'top1_few']
+    assert header[at + 5] == 'IS' and len(header) == 17 + 5
+    rows = {r['run']: r for r in (dict(zip(header, (c.strip() for c in line.strip('|').split('|'))))
+                                  for line in lines[2:])}
+    assert rows['cifar10lt_cls_ce']['top1'] == '0.700' and rows['cifar10lt_cls_ce']['top1_few'] == '-'
+    assert rows['cifar10lt_cls_ce']['FID'] == '-' and rows['cifar10lt_cls_ce']['classifier'] == 'ce'
+    cbdm = rows['cifar10lt_cls_cbdm']
+    assert cbdm['FID'] == '5.50' and cbdm['top1_few'] == '0.610'   # the generator's FID beside
+    assert rows['cifar10lt_ltdm']['top1'] == '-'
+    table = list(csv.DictReader(io.StringIO(collect(tmp_path, '--csv').stdout)))
+    assert {r['top1'] for r in table} == {'', '0.7', '0.75'}

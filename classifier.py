@@ -1,0 +1,121 @@
+"""Classifiers for long-tailed recognition (`main.py --classify`, see classify.py).
+
+- `ResNet32`: the CIFAR ResNet of He et al. (2016) as LDAM-DRW's resnet_cifar builds it:
+  a 3x3 conv with 16 channels, 3 stages of 5 basic blocks (16, 32, 64 channels, strides 1, 2, 2),
+  option-A shortcuts (stride-2 subsampling and zero-padded channels, no parameters), global
+  average pooling and a linear layer; kaiming-normal init. 0.46M parameters for 10 classes.
+- `SmallCNN`: three conv layers for the 8x8 digits.
+- torchvision ResNets (resnet18/34/50/..., resnext, wide_resnet) built with weights=None
+  (random init; nothing is ever downloaded) for ImageNet-LT and iNaturalist.
+
+Every model maps float B x 3 x H x W images in [-1, 1] to B x num_class logits.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils import UserError
+
+TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
+                     'resnext50_32x4d', 'resnext101_32x8d', 'wide_resnet50_2',
+                     'wide_resnet101_2')
+ARCHS = ('resnet32', 'cnn') + TORCHVISION_ARCHS
+
+
+class OptionAShortcut(nn.Module):
+    """Identity shortcut that halves H, W and zero-pads the channels (no parameters)."""
+
+    def __init__(self, planes):
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x):
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU."""
+
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = OptionAShortcut(planes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet32(nn.Module):
+    """CIFAR ResNet-32 (LDAM-DRW's resnet32): B x 3 x H x W -> B x num_class logits."""
+
+    def __init__(self, num_class, blocks=5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(blocks):
+                layers.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.linear = nn.Linear(64, num_class)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x):
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class SmallCNN(nn.Module):
+    """Three 3x3 conv layers (32, 64, 128 channels, BN, one 2x2 max-pool) for 8x8 digits."""
+
+    def __init__(self, num_class):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU())
+        self.linear = nn.Linear(128, num_class)
+
+    def forward(self, x):
+        return self.linear(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+def build_classifier(arch, num_class):
+    """The `--cls_arch` model with `num_class` outputs, randomly initialised (CPU)."""
+    if arch == 'resnet32':
+        return ResNet32(num_class)
+    if arch == 'cnn':
+        return SmallCNN(num_class)
+    if arch in TORCHVISION_ARCHS:
+        import torchvision
+        # weights=None: random init, so torchvision never tries to download anything
+        return getattr(torchvision.models, arch)(weights=None, num_classes=num_class)
+    raise UserError(f'--cls_arch {arch!r}: choose one of {", ".join(ARCHS)}')
+
+
+def num_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def predict(model, loader, device):
+    """Predictions of `model` over a loader of (x, y, ...) batches: (probs N x C float32,
+    labels N int64) as CPU tensors; the model is put in eval mode."""
+    model.eval()
+    probs, labels = [], []
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        probs.append(model(x.to(device)).float().softmax(1).cpu())
+        labels.append(y.cpu())
+    return torch.cat(probs), torch.cat(labels).long()
