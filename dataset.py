@@ -281,31 +281,65 @@ def load_digits_images():
     return x.contiguous(), d.target.astype(np.int64)
 
 
+DIGITS_TEST_PER_CLASS = 30
+DIGITS_SPLIT_SEED = 20240610
+
+
+def digits_split():
+    """The fixed split of the 1797 digits: (train_pool, test) index arrays (np.int64, sorted).
+
+    `test` holds DIGITS_TEST_PER_CLASS (30) images of every class (300, balanced), drawn with
+    np.random.RandomState(DIGITS_SPLIT_SEED); digits-LT is drawn from `train_pool` (the other
+    1497), so a classifier's test images are never training images of the diffusion model.
+    """
+    _, labels = load_digits_images()
+    rng = np.random.RandomState(DIGITS_SPLIT_SEED)
+    test = np.concatenate([rng.permutation(np.where(labels == c)[0])[:DIGITS_TEST_PER_CLASS]
+                           for c in range(10)])
+    test = np.sort(test).astype(np.int64)
+    pool = np.setdiff1d(np.arange(len(labels)), test).astype(np.int64)
+    return pool, test
+
+
 def _digits_dataset(img_size, imb_factor, imb_type, long_tail, seed):
     """Digits, optionally long-tailed with each class's own size as its base size.
 
-    With imb_factor 0.1 ('exp') this keeps 178, 140, 106, 84, 65, 50, 38, 29, 22, 18 = 730
-    images (class i keeps int(n_i * 0.1 ** (i / 9)), n_i = that class's count). Never flipped.
+    The long-tailed set is drawn from the training pool of `digits_split` (the 1497 digits not
+    in the balanced test split). With imb_factor 0.1 ('exp') this keeps 148, 117, 88, 71, 54,
+    42, 32, 24, 18, 15 = 609 images (class i keeps int(n_i * 0.1 ** (i / 9)), n_i = that
+    class's count in the pool). Without long_tail: all 1797 digits. Never flipped.
     """
     images, labels = load_digits_images()
     indices = None
     if long_tail:
-        sizes = np.bincount(labels, minlength=10)
-        indices = select_long_tail(labels, long_tail_counts(sizes, imb_factor, imb_type), seed)
+        pool, _ = digits_split()
+        sizes = np.bincount(labels[pool], minlength=10)
+        kept = select_long_tail(labels[pool], long_tail_counts(sizes, imb_factor, imb_type),
+                                seed)
+        indices = pool[kept]
         images, labels = images[torch.from_numpy(indices)], labels[indices]
     return ArrayImageDataset(images, labels, 10, img_size, hflip=False, indices=indices)
+
+
+def _digits_test_dataset(img_size):
+    """The balanced digits test split of `digits_split` (300 images, 30 per class)."""
+    images, labels = load_digits_images()
+    _, test = digits_split()
+    return ArrayImageDataset(images[torch.from_numpy(test)], labels[test], 10, img_size,
+                             hflip=False, indices=test)
 
 
 # ----------------------------------------------------------------------------------------------
 # ImageNet-LT list files and iNaturalist 2018 json
 
-def _list_path(data_type, root, list_file, train=True):
+def _list_path(data_type, root, list_file, train=True, flag='--list_file'):
+    """The annotation file: `list_file` (the flag `flag`) or the split's default under root."""
     path = list_file or _IMAGE_LIST_DEFAULT[(data_type, train)]
     if not os.path.isabs(path):
         path = os.path.join(root, path)
     if not os.path.isfile(path):
-        raise UserError(f'--list_file {path}: annotation file not found; pass --list_file or put '
-                        f'it under --root {root}')
+        raise UserError(f'{flag}: annotation file {path} not found; pass {flag} or put it '
+                        f'under --root {root}')
     return path
 
 
@@ -343,16 +377,16 @@ def read_inat_json(path, root):
     return paths, labels, len(cat_ids)
 
 
-def _read_list(data_type, root, list_file, train=True):
-    path = _list_path(data_type, root, list_file, train)
+def _read_list(data_type, root, list_file, train=True, flag='--list_file'):
+    path = _list_path(data_type, root, list_file, train, flag)
     reader = read_imagenet_list if data_type == 'imagenetlt' else read_inat_json
     return reader(path, root)
 
 
-def _image_list_dataset(data_type, root, img_size, train, hflip, list_file):
-    paths, labels, num_class = _read_list(data_type, root, list_file, train)
+def _image_list_dataset(data_type, root, img_size, train, hflip, list_file, flag='--list_file'):
+    paths, labels, num_class = _read_list(data_type, root, list_file, train, flag)
     if not paths:
-        raise UserError(f'--list_file for {data_type}: the annotation file lists no images')
+        raise UserError(f'{flag} for {data_type}: the annotation file lists no images')
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise UserError(f'image {missing[0]} not found ({len(missing)} of {len(paths)} listed '
@@ -384,24 +418,45 @@ def build_dataset(data_type, root, img_size=32, imb_factor=0.01, imb_type='exp',
     if data_type == 'digitslt':
         if train:
             check_imb(imb_factor, imb_type)
-        return _digits_dataset(img_size, imb_factor, imb_type, train, seed)
+        if not train:
+            return _digits_test_dataset(img_size)
+        return _digits_dataset(img_size, imb_factor, imb_type, True, seed)
     return _image_list_dataset(data_type, root, img_size, train, hflip, list_file)
 
 
-def build_reference_dataset(data_type, root, img_size=32, download=False, list_file=''):
+REF_SPLITS = ('auto', 'train', 'test')
+
+
+def reference_split(data_type, split='auto'):
+    """'train' or 'test': the balanced set FID statistics come from. 'auto' is the CIFAR / digits
+    training set (balanced, as the reference used) and the balanced test / val list of
+    ImageNet-LT and iNaturalist 2018 (their training lists are long-tailed)."""
+    if split not in REF_SPLITS:
+        raise UserError(f'--ref_split {split!r}: choose one of {", ".join(REF_SPLITS)}')
+    if split != 'auto':
+        return split
+    return 'test' if data_type in ('imagenetlt', 'inat2018') else 'train'
+
+
+def build_reference_dataset(data_type, root, img_size=32, download=False, list_file='',
+                            split='auto'):
     """The balanced set FID statistics / reference features come from; never flipped.
 
-    cifar10(lt) -> the 50000 CIFAR-10 training images, cifar100(lt) -> CIFAR-100 train,
-    digitslt -> all 1797 digits, imagenetlt / inat2018 -> the training list itself.
+    split 'train': cifar10(lt) -> the 50000 CIFAR-10 training images, cifar100(lt) -> CIFAR-100
+    train, digitslt -> all digits, imagenetlt / inat2018 -> the training list (`list_file`).
+    split 'test': the CIFAR test batch, ImageNet_LT_test.txt, val2018.json (under --root).
+    split 'auto': see `reference_split`.
     """
     check_data_type(data_type)
     _check_img_size(img_size)
+    train = reference_split(data_type, split) == 'train'
     if data_type.startswith('cifar'):
         base = data_type[:-2] if data_type.endswith('lt') else data_type
-        return _cifar_dataset(base, root, img_size, 1.0, 'exp', True, download, False, 0)
+        return _cifar_dataset(base, root, img_size, 1.0, 'exp', train, download, False, 0)
     if data_type == 'digitslt':
         return _digits_dataset(img_size, 1.0, 'exp', False, 0)
-    return _image_list_dataset(data_type, root, img_size, True, False, list_file)
+    return _image_list_dataset(data_type, root, img_size, train, False,
+                               list_file if train else '')
 
 
 def num_classes(data_type, root='', list_file=''):
@@ -524,3 +579,83 @@ class AugmentPipe:
         """x: B x 3 x H x W in [-1, 1] -> (x_aug, augm B x 9); see the class docstring."""
         params = self.sample_params(x.shape[0], x.device, generator)
         return self.apply(x, params), self.encode(params)
+
+
+# ----------------------------------------------------------------------------------------------
+# Long-tailed recognition: the balanced test split and generated (synthetic) training images
+
+def build_test_dataset(data_type, root, img_size=32, test_list='', download=False):
+    """The balanced held-out test split a classifier is scored on; never flipped.
+
+    cifar10(lt) / cifar100(lt): the CIFAR test batch (`test_batch` / `test`, 10,000 images);
+    digitslt: the 300 digits of `digits_split` (disjoint from digits-LT); imagenetlt:
+    ImageNet_LT_test.txt under --root; inat2018: val2018.json under --root (`test_list`
+    replaces those file names). Items: (float32 3 x img_size x img_size in [-1, 1], int y).
+    """
+    check_data_type(data_type)
+    _check_img_size(img_size)
+    if data_type.startswith('cifar'):
+        return build_dataset(data_type, root, img_size, train=False, download=download,
+                             hflip=False)
+    if data_type == 'digitslt':
+        return _digits_test_dataset(img_size)
+    return _image_list_dataset(data_type, root, img_size, False, False, test_list,
+                               flag='--cls_test_list')
+
+
+def synthetic_labels_path(path):
+    """The labels file beside a saved sample set: `--eval` names them `*_samples_ema_*.npy` /
+    `*_labels_ema_*.npy`, `--sample` (and --classify) `X.npy` / `X_labels.npy`."""
+    folder, name = os.path.split(path)
+    if '_samples_ema_' in name:
+        return os.path.join(folder, name.replace('_samples_ema_', '_labels_ema_', 1))
+    return os.path.join(folder, name[:-len('.npy')] + '_labels.npy')
+
+
+def _load_npy(path, what):
+    if not os.path.isfile(path):
+        raise UserError(f'{what} {path}: no such file')
+    try:
+        return np.load(path, mmap_mode='r', allow_pickle=False)
+    except Exception as e:  # truncated, not .npy, pickled objects
+        raise UserError(f'{what} {path}: not a readable .npy array ({type(e).__name__})') from None
+
+
+def load_synthetic(path, num_class, img_size):
+    """A saved sample set as training data: (uint8 N x 3 x img_size x img_size, int64 N).
+
+    Reads `path` (float32 N x 3 x H x W in [0, 1]) and its labels file (see
+    synthetic_labels_path; int N in [0, num_class)). Images are quantised to uint8 as a saved
+    PNG would be, so 50k CIFAR-sized images take 150 MB, not 600. Any defect (missing file,
+    shape, range, non-finite values, label count, labels out of range or -1) is a UserError
+    naming the file.
+    """
+    if not path.endswith('.npy'):
+        raise UserError(f'--synthetic {path}: expected a .npy sample set (images N x 3 x H x W)')
+    images = _load_npy(path, '--synthetic')
+    labels_path = synthetic_labels_path(path)
+    if not os.path.isfile(labels_path):
+        raise UserError(f'--synthetic {path}: labels file {labels_path} not found (it is written '
+                        f'beside the images by --eval and --sample)')
+    labels = np.asarray(_load_npy(labels_path, 'labels file'))
+    shape = (3, img_size, img_size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape or len(images) == 0:
+        raise UserError(f'--synthetic {path}: images are {tuple(images.shape)}, expected '
+                        f'N x {shape[0]} x {shape[1]} x {shape[2]} (N >= 1, --img_size {img_size})')
+    if not np.issubdtype(images.dtype, np.floating):
+        raise UserError(f'--synthetic {path}: images are {images.dtype}, expected float in [0, 1]')
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f'labels file {labels_path}: {labels.dtype} {labels.shape}, expected '
+                        f'{len(images)} integer labels (one per image)')
+    if labels.min() < 0 or labels.max() >= num_class:
+        raise UserError(f'labels file {labels_path}: labels span {labels.min()}..{labels.max()}, '
+                        f'expected 0..{num_class - 1} ({num_class} classes; -1 marks '
+                        f'unconditional samples, which cannot train a classifier)')
+    out = np.empty((len(images),) + shape, np.uint8)
+    for i in range(0, len(images), 4096):  # chunks: the set may be larger than memory as float
+        chunk = np.asarray(images[i:i + 4096], dtype=np.float32)
+        if not np.isfinite(chunk).all() or chunk.min() < -1e-4 or chunk.max() > 1 + 1e-4:
+            raise UserError(f'--synthetic {path}: values outside [0, 1] (images {i}..'
+                            f'{i + len(chunk) - 1}); expected float images in [0, 1]')
+        out[i:i + len(chunk)] = np.round(np.clip(chunk, 0, 1) * 255)
+    return out, labels.astype(np.int64)

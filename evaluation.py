@@ -9,6 +9,7 @@ File names follow the reference: with name = {sample_name}_N{num_images}_STEP{ck
   LOGDIR/eval.jsonl                                one JSON line per evaluation
   LOGDIR/per_class_ema_{method}_{omega}_{name}.csv per-class FID / precision / recall
 """
+import copy
 import glob
 import os
 import time
@@ -20,40 +21,31 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from checkpoint import ckpt_path, load_checkpoint, load_model_state
-from dataset import build_dataset, build_reference_dataset, check_imb, num_classes
-from model import check_config
-from train import (attn_levels, build_model, build_sampler, grid_labels, sample_grid,
+from dataset import build_dataset, build_reference_dataset, num_classes, reference_split
+from train import (build_model, build_sampler, grid_labels, sample_grid,
                    setup_distributed)
-from utils import UserError, append_jsonl, append_text, get_device, save_npy, save_npz
+from utils import (UserError, append_jsonl, append_text, get_device, save_npy, save_npz,
+                   save_text)
 
-LT_TYPES = ('cifar10lt', 'cifar100lt', 'digitslt')
+INCEPTION_AMP = 'none'
 
 
 def check_flags(cfg):
-    """Reject flag combinations that cannot work, before anything is written."""
-    problem = check_config(cfg.ch, cfg.ch_mult, attn_levels(cfg.attn), cfg.img_size)
-    if problem:
-        raise UserError(problem)
-    if cfg.data_type in LT_TYPES:
-        check_imb(cfg.imb_factor, cfg.imb_type)
+    """Reject flag combinations that cannot work, before anything is written. (Each flag's own
+    range is checked earlier, as the flags are parsed: main.FLAG_DOMAINS.)"""
     if cfg.train and (cfg.cb or cfg.cfg) and not cfg.conditional:
         flag = '--cb' if cfg.cb else '--cfg'
         raise UserError(f'{flag} needs --conditional (a label-conditional model)')
-    if cfg.omega < 0:
-        raise UserError(f'--omega {cfg.omega}: the guidance strength must be >= 0')
-    if (cfg.eval or cfg.eval_step > 0) and cfg.num_images < 1:
-        raise UserError(f'--num_images {cfg.num_images}: must be at least 1')
     if cfg.train and cfg.eval_step > 0:
         from score.evaluate import load_fid_cache
         from score.inception import weights_file
         load_fid_cache(cfg.fid_cache)  # not after hours of training
         weights_file(cfg.inception_weights or None)
-    if cfg.batch_size < 1:
-        raise UserError(f'--batch_size {cfg.batch_size}: must be at least 1')
     if cfg.amp == 'fp16' and not torch.cuda.is_available():
         raise UserError('--amp fp16 needs a CUDA GPU; use --amp bf16 or --amp none on the CPU')
-    if cfg.sampler == 'ddim' and not 1 <= cfg.sample_steps <= cfg.T:
-        raise UserError(f'--sample_steps {cfg.sample_steps}: must be in [1, {cfg.T}]')
+    if cfg.omega_sweep and not (cfg.eval and cfg.sample_method == 'cfg'):
+        raise UserError('--omega_sweep sweeps the guidance of --eval: use it with --eval and '
+                        '--sample_method cfg')
     if cfg.eval or cfg.sample:
         if cfg.sample_method in ('cfg', 'cond') and not cfg.conditional:
             raise UserError(f'--sample_method {cfg.sample_method} needs a conditional model; '
@@ -76,6 +68,12 @@ def run_files(cfg):
         'jsonl': os.path.join(cfg.logdir, 'eval.jsonl'),
         'per_class': os.path.join(cfg.logdir, f'per_class_ema_{cfg.sample_method}_{cfg.omega}_'
                                               f'{name}.csv'),
+        'per_class_plot': os.path.join(cfg.logdir, f'per_class_ema_{cfg.sample_method}_'
+                                                   f'{cfg.omega}_{name}.png'),
+        'groups_plot': os.path.join(cfg.logdir, f'groups_ema_{cfg.sample_method}_{cfg.omega}_'
+                                                f'{name}.png'),
+        'sweep_csv': os.path.join(cfg.logdir, f'omega_sweep_{cfg.sample_method}_{name}.csv'),
+        'sweep_plot': os.path.join(cfg.logdir, f'omega_sweep_{cfg.sample_method}_{name}.png'),
     }
 
 
@@ -131,7 +129,7 @@ def save_visual(images, path):
 def sample(cfg):
     """A class-per-row grid of `sample_size` images and the samples as .npy (no metrics)."""
     device = get_device()
-    model, num_class, _ = load_ema_model(cfg, device)
+    model, num_class, ckpt = load_ema_model(cfg, device)
     sampler = build_sampler(cfg, model, num_class).to(device)
     g = torch.Generator().manual_seed(cfg.seed)
     x_T = torch.randn(cfg.sample_size, 3, cfg.img_size, cfg.img_size, generator=g)
@@ -139,38 +137,44 @@ def sample(cfg):
         y, per_row = None, max(1, int(cfg.sample_size ** 0.5))
     else:
         y, per_row = grid_labels(num_class, cfg.sample_size)
-        x_T = x_T[:len(y)]
     stem = os.path.join(cfg.logdir, f'sample_{cfg.sample_method}_{cfg.omega}_STEP{cfg.ckpt_step}')
     images, labels = sample_grid(sampler, x_T.to(device), y, cfg.sample_method, cfg.omega, per_row,
                                  stem + '.png', cfg.batch_size, cfg.seed)
+    written = [stem + '.png']
+    if labels is not None:  # rows named by class and training count
+        from score.plots import labelled_grid
+        written.append(labelled_grid(images.numpy(), labels.numpy(), class_counts_of(cfg, ckpt),
+                                     per_row, stem + '_labelled.png'))
     save_npy(stem + '.npy', images.numpy().astype(np.float32))
     save_npy(stem + '_labels.npy', (np.full(len(images), -1, np.int64) if labels is None
                                     else labels.numpy().astype(np.int64)))
-    print(f'wrote {stem}.png, {stem}.npy, {stem}_labels.npy')
+    print(f'wrote {", ".join(written)}, {stem}.npy, {stem}_labels.npy')
 
 
 # ---------------------------------------------------------------------------------------------
 # --make_stats
 
-def default_fid_cache(data_type):
+def default_fid_cache(data_type, split='auto'):
+    """stats/{data set}.{train|test}.npz, e.g. stats/cifar100.train.npz."""
     base = data_type[:-2] if data_type in ('cifar10lt', 'cifar100lt') else data_type
-    return os.path.join('stats', f'{base}.train.npz')
+    return os.path.join('stats', f'{base}.{reference_split(data_type, split)}.npz')
 
 
 def make_stats(cfg):
     from score.evaluate import make_stats as write_stats
     from score.inception import load_inception
     device = get_device()
-    fid_cache = cfg.fid_cache if cfg.fid_cache_given else default_fid_cache(cfg.data_type)
+    fid_cache = (cfg.fid_cache if cfg.fid_cache_given
+                 else default_fid_cache(cfg.data_type, cfg.ref_split))
     net = load_inception(cfg.inception_weights or None, device)
     dataset = build_reference_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.download,
-                                      cfg.list_file)
+                                      cfg.list_file, cfg.ref_split)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
                                          num_workers=cfg.num_workers)
     images = (((x + 1) / 2).clamp(0, 1) for x, _ in loader)
     print(f'{cfg.data_type}: computing statistics of {len(dataset)} reference images')
     out = write_stats(images, dataset.targets, fid_cache, net, batch_size=cfg.batch_size,
-                      device=device, amp=cfg.amp)
+                      device=device, amp=INCEPTION_AMP)
     print(f'wrote {out["fid_cache"]} and {out["feats_path"]}')
 
 
@@ -200,8 +204,9 @@ def features_of(images, labels, files, cfg, device, reuse):
             return data['feats'], data['probs'], data['labels']
     from score.inception import compute_features, load_inception
     net = load_inception(cfg.inception_weights or None, device)
+    # Inception runs in fp32 whatever --amp says: the FID cache was made in fp32
     feats, probs = compute_features(images, net, batch_size=cfg.batch_size, device=device,
-                                    amp=cfg.amp)
+                                    amp=INCEPTION_AMP)
     labels = np.full(len(feats), -1, np.int64) if labels is None else labels
     save_npz(files['feats'], feats=feats, probs=probs, labels=labels)
     return feats, probs, labels
@@ -228,66 +233,132 @@ def compute_metrics(cfg, feats, probs, labels, class_counts, device):
     return score_evaluate(feats, probs, labels, fid_cache, ref=ref, class_counts=class_counts,
                           prd=cfg.prd, improved_prd=cfg.improved_prd,
                           use_torch=cfg.fid_use_torch, device=device, many=cfg.many_shot,
-                          few=cfg.few_shot, seed=cfg.seed, log=print)
+                          few=cfg.few_shot, seed=cfg.seed, min_fid_images=cfg.min_fid_images,
+                          log=print)
 
 
 def record(cfg, files, results, rows, extra):
+    """Append the results to the res text file and eval.jsonl, write the per-class CSV and the
+    plots; returns the paths written."""
     from score.evaluate import format_results, write_per_class_csv
+    from score.plots import plot_groups, plot_per_class
     text = format_results(results)
     header = (f'{time.strftime("%Y-%m-%d %H:%M:%S")} {cfg.sample_method} omega={cfg.omega} '
               f'ckpt_step={cfg.ckpt_step} sampler={cfg.sampler}\n')
     print(header + text)
     append_text(files['res'], header + text + '\n')
-    append_jsonl(files['jsonl'], {**extra, **results})
+    append_jsonl(files['jsonl'], {**extra, 'inception_precision': 'fp32', **results})
+    written = [files['res'], files['jsonl']]
     if rows:
         write_per_class_csv(files['per_class'], rows)
+        written += [files['per_class'], plot_per_class(rows, files['per_class_plot'])]
+    written.append(plot_groups(results, files['groups_plot']))
+    return [path for path in written if path]
+
+
+def sampler_record(cfg):
+    """What identifies a sample set in eval.jsonl (sampler settings included)."""
+    return {'logdir': cfg.logdir, 'ckpt_step': cfg.ckpt_step, 'sample_method': cfg.sample_method,
+            'omega': cfg.omega, 'sampler': cfg.sampler, 'sample_steps': cfg.sample_steps,
+            'spacing': cfg.spacing, 'name': sample_name(cfg), 'fid_cache': cfg.fid_cache,
+            'data_type': cfg.data_type}
+
+
+def sample_for_eval(cfg, sampler, rank, world_size, device):
+    """--eval's num_images samples (split over torchrun ranks, gathered on rank 0, saved there).
+    Returns (images, labels) on rank 0 and (None, None) on the other ranks."""
+    lo = rank * cfg.num_images // world_size
+    hi = (rank + 1) * cfg.num_images // world_size
+    desc = f'sampling omega={cfg.omega}' + (f' (rank {rank})' if world_size > 1 else '')
+    images, labels = generate(sampler, hi - lo, cfg.batch_size, cfg.img_size, device,
+                              cfg.sample_method, cfg.omega, cfg.seed + rank, desc)
+    if world_size > 1:
+        parts = [None] * world_size if rank == 0 else None
+        dist.gather_object((images, labels), parts, dst=0)
+        if rank != 0:
+            return None, None
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+    files = run_files(cfg)
+    save_npy(files['samples'], images)
+    save_npy(files['labels'], labels)
+    return images, labels
+
+
+def score_and_record(cfg, images, labels, ckpt, device):
+    """Features, metrics and result files of one sample set; returns the results dict."""
+    files = run_files(cfg)
+    if images is not None:
+        save_visual(np.asarray(images[:256]), files['visual'])
+    feats, probs, labels = features_of(images, labels, files, cfg, device, reuse=cfg.sampled)
+    results, rows = compute_metrics(cfg, feats, probs, labels, class_counts_of(cfg, ckpt), device)
+    written = record(cfg, files, results, rows, sampler_record(cfg))
+    samples = [] if cfg.sampled else [files['samples'], files['labels']]
+    print(f'wrote results to {", ".join(written)}; samples and features: '
+          f'{", ".join(samples + [files["feats"]])}')
+    return results
 
 
 def evaluate(cfg):
-    """--eval: generate (or load with --sampled) num_images, compute and record the metrics."""
+    """--eval: generate (or load with --sampled) num_images, compute and record the metrics;
+    with --omega_sweep once per omega, from the same noise and labels."""
     from score.evaluate import load_fid_cache
     load_fid_cache(cfg.fid_cache)  # fail before hours of sampling, not after
-    files = run_files(cfg)
-    ckpt = None
+    omegas = [float(w) for w in cfg.omega_sweep] or [cfg.omega]
+    ckpt, sampler = None, None
     if cfg.sampled:
-        device = get_device()
-        images, labels = load_saved(files, cfg)
+        rank, world_size, device = 0, 1, get_device()
         if os.path.isfile(ckpt_path(cfg.logdir, cfg.ckpt_step)):
             ckpt = load_checkpoint(ckpt_path(cfg.logdir, cfg.ckpt_step))
     else:
         rank, world_size, device = setup_distributed()
         model, num_class, ckpt = load_ema_model(cfg, device)
         sampler = build_sampler(cfg, model, num_class).to(device)
-        # under torchrun every rank samples its share; rank 0 gathers and evaluates
-        lo = rank * cfg.num_images // world_size
-        hi = (rank + 1) * cfg.num_images // world_size
-        images, labels = generate(sampler, hi - lo, cfg.batch_size, cfg.img_size, device,
-                                  cfg.sample_method, cfg.omega, cfg.seed + rank,
-                                  f'sampling (rank {rank})' if world_size > 1 else 'sampling')
-        if world_size > 1:
-            parts = [None] * world_size if rank == 0 else None
-            dist.gather_object((images, labels), parts, dst=0)
-            dist.destroy_process_group()
-            if rank != 0:
-                return None
-            images = np.concatenate([p[0] for p in parts])
-            labels = np.concatenate([p[1] for p in parts])
-        save_npy(files['samples'], images)
-        save_npy(files['labels'], labels)
-    if images is not None:
-        save_visual(np.asarray(images[:256]), files['visual'])
-    feats, probs, labels = features_of(images, labels, files, cfg, device, reuse=cfg.sampled)
-    results, rows = compute_metrics(cfg, feats, probs, labels, class_counts_of(cfg, ckpt), device)
-    extra = {'logdir': cfg.logdir, 'ckpt_step': cfg.ckpt_step, 'sample_method': cfg.sample_method,
-             'omega': cfg.omega, 'sampler': cfg.sampler, 'name': sample_name(cfg),
-             'fid_cache': cfg.fid_cache, 'data_type': cfg.data_type}
-    record(cfg, files, results, rows, extra)
-    return results
+    table = []
+    for omega in omegas:
+        run_cfg = copy.copy(cfg)
+        run_cfg.omega = omega
+        if cfg.sampled:
+            images, labels = load_saved(run_files(run_cfg), run_cfg)
+        else:
+            images, labels = sample_for_eval(run_cfg, sampler, rank, world_size, device)
+        if rank == 0:
+            table.append({'omega': omega, **score_and_record(run_cfg, images, labels, ckpt,
+                                                             device)})
+    if world_size > 1:
+        dist.destroy_process_group()
+    if rank != 0:
+        return None
+    if cfg.omega_sweep:
+        write_sweep(cfg, table)
+    return table[-1]
+
+
+SWEEP_COLUMNS = ('omega', 'FID', 'IS', 'precision', 'recall', 'FID_tail', 'recall_tail')
+
+
+def write_sweep(cfg, table):
+    """The --omega_sweep table (CSV) and plot, and the best omega by FID on stdout."""
+    from score.plots import plot_omega_sweep
+    files = run_files(cfg)
+    lines = [','.join(SWEEP_COLUMNS)]
+    for row in table:
+        lines.append(','.join('' if row.get(k) is None else f'{row[k]:.6g}'
+                              for k in SWEEP_COLUMNS))
+    save_text(files['sweep_csv'], '\n'.join(lines) + '\n')
+    plot_omega_sweep(table, files['sweep_plot'])
+    scored = [row for row in table if row.get('FID') is not None]
+    best = min(scored, key=lambda row: row['FID']) if scored else None
+    print('omega sweep: ' + ', '.join(
+        f'{row["omega"]:g}: FID {row["FID"]:.3f}' if row.get('FID') is not None
+        else f'{row["omega"]:g}: FID -' for row in table))
+    print(f'best omega by FID: {best["omega"]:g} (FID {best["FID"]:.4f}); wrote '
+          f'{files["sweep_csv"]}, {files["sweep_plot"]}' if best else
+          f'no FID computed; wrote {files["sweep_csv"]}, {files["sweep_plot"]}')
 
 
 def evaluate_during_training(cfg, ema_model, dataset, step, writer, out_dir):
     """--eval_step: evaluate the EMA model now, log to tensorboard and eval.jsonl."""
-    import copy
     device = next(ema_model.parameters()).device
     sampler = build_sampler(cfg, ema_model, dataset.num_class).to(device)
     method = cfg.sample_method if cfg.conditional else 'uncond'
@@ -301,6 +372,4 @@ def evaluate_during_training(cfg, ema_model, dataset, step, writer, out_dir):
     for key, value in results.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             writer.add_scalar(f'eval/{key}', value, step)
-    record(run_cfg, files, results, rows, {'logdir': out_dir, 'ckpt_step': step,
-                                           'sample_method': method, 'omega': cfg.omega,
-                                           'sampler': cfg.sampler, 'during_training': True})
+    record(run_cfg, files, results, rows, {**sampler_record(run_cfg), 'during_training': True})

@@ -4,13 +4,16 @@ evaluation and FID statistics. The only module that reads absl FLAGS.
     python main.py --train --flagfile config/cifar100.txt ...
     python main.py --notrain --eval --flagfile LOGDIR/flagfile.txt --ckpt_step N ...
 """
+import math
 import os
 import sys
 import types
 
 from absl import app, flags
 
-from dataset import DATA_TYPES, IMB_TYPES
+from classifier import ARCHS as CLS_ARCHS
+from dataset import DATA_TYPES, IMB_TYPES, REF_SPLITS
+from samplers import SPACINGS
 from utils import UserError
 
 FLAGS = flags.FLAGS
@@ -20,6 +23,8 @@ flags.DEFINE_bool('eval', False, help='load ckpt_{ckpt_step}.pt and evaluate FID
 flags.DEFINE_bool('sample', False, help='load ckpt_{ckpt_step}.pt and save a class-per-row grid '
                   'and the samples (.npy), no metrics')
 flags.DEFINE_bool('make_stats', False, help='compute --fid_cache and the reference features')
+flags.DEFINE_bool('classify', False, help='train and evaluate a long-tailed classifier (real '
+                  'and/or generated images)')
 # UNet
 flags.DEFINE_integer('ch', 128, help='base channel of UNet')
 flags.DEFINE_multi_integer('ch_mult', [1, 2, 2, 2], help='channel multiplier')
@@ -71,25 +76,195 @@ flags.DEFINE_integer('save_step', 100000, help='frequency of saving checkpoints,
 flags.DEFINE_integer('eval_step', 0, help='frequency of evaluating model, 0 to disable')
 flags.DEFINE_enum('sample_method', 'cfg', ['cfg', 'cond', 'uncond'], help='sampling method')
 flags.DEFINE_float('omega', 0.0, help='classifier-free guidance strength')
-flags.DEFINE_enum('sampler', 'ddpm', ['ddpm', 'ddim'], help='DDPM over all T steps, or DDIM')
-flags.DEFINE_integer('sample_steps', 50, help='DDIM steps')
-flags.DEFINE_float('eta', 0.0, help='DDIM eta (0 deterministic)')
-flags.DEFINE_enum('skip_type', 'quad', ['quad', 'uniform'], help='DDIM step spacing')
+flags.DEFINE_enum('sampler', 'ddpm', ['ddpm', 'ddim', 'dpm++2m', 'unipc'],
+                  help='DDPM over all T steps, or DDIM / DPM-Solver++(2M) / UniPC in --sample_steps')
+flags.DEFINE_integer('sample_steps', 50, help='steps of every sampler but ddpm, in [1, T]')
+flags.DEFINE_float('eta', 0.0, help='DDIM eta (0 deterministic); must be 0 for dpm++2m, unipc')
+flags.DEFINE_enum('skip_type', 'quad', ['quad', 'uniform'],
+                  help='DDIM step spacing when --spacing is auto (kept for older flagfiles)')
+flags.DEFINE_enum('spacing', 'auto', ['auto', 'quad', 'uniform', 'default', 'karras', 'lu',
+                                      'exponential'],
+                  help='step spacing: auto (each sampler\'s best; ddim: --skip_type), ddim: quad, '
+                       'uniform; dpm++2m: default, karras, lu, exponential; unipc: default, '
+                       'karras, exponential')
 # evaluation
 flags.DEFINE_integer('num_images', 50000, help='the number of generated images for evaluation')
 flags.DEFINE_string('fid_cache', './stats/cifar10.train.npz', help='FID cache (mu, sigma); '
                     'reference features are read from *_feats.npz beside it')
+flags.DEFINE_enum('ref_split', 'auto', list(REF_SPLITS), help='images of --make_stats: auto = '
+                  'the balanced CIFAR / digits training set, the ImageNet-LT test list and the '
+                  'iNaturalist 2018 val json; train or test to choose')
 flags.DEFINE_bool('fid_use_torch', False, help='calculate IS and FID on the device')
 flags.DEFINE_string('inception_weights', '', help='FID Inception weights file (default: the '
                     'torch hub cache of pytorch-fid)')
 flags.DEFINE_string('sample_name', 'saved', help='name for a saved sample set')
+flags.DEFINE_list('omega_sweep', [], help='with --eval: evaluate once per omega (e.g. '
+                  '0,0.4,0.8,1.2,1.6,2.0) from the same noise; writes a table and a plot and prints '
+                  'the best omega by FID')
 flags.DEFINE_bool('sampled', False, help='evaluate the saved sample set instead of sampling')
 flags.DEFINE_bool('prd', True, help='PRD F_8 / F_1/8')
 flags.DEFINE_bool('improved_prd', True, help='improved precision / recall (k = 5)')
 flags.DEFINE_integer('many_shot', 100, help='head classes have more than this many images')
 flags.DEFINE_integer('few_shot', 20, help='tail classes have fewer than this many images')
+flags.DEFINE_integer('min_fid_images', 100, help='per-class and per-group FID only where both '
+                     'sides have at least this many images (small sets bias FID upwards)')
+# long-tailed classification
+flags.DEFINE_enum('cls_arch', 'resnet32', list(CLS_ARCHS), help='classifier: resnet32 (CIFAR '
+                  'ResNet-32), a torchvision ResNet (random init), cnn (8x8 digits)')
+flags.DEFINE_integer('cls_epochs', 200, help='classifier training epochs')
+flags.DEFINE_integer('cls_batch_size', 128, help='classifier batch size')
+flags.DEFINE_float('cls_lr', 0.1, help='classifier SGD learning rate')
+flags.DEFINE_float('cls_momentum', 0.9, help='classifier SGD momentum')
+flags.DEFINE_float('cls_wd', 2e-4, help='classifier weight decay')
+flags.DEFINE_integer('cls_warmup', 5, help='linear learning-rate warm-up epochs')
+flags.DEFINE_multi_integer('cls_milestones', [160, 180], help='epochs at which the learning '
+                           'rate is multiplied by --cls_gamma')
+flags.DEFINE_float('cls_gamma', 0.01, help='learning-rate factor at each milestone')
+flags.DEFINE_integer('cls_eval_every', 10, help='test top-1 to tensorboard every N epochs '
+                     '(0: only at the end)')
+flags.DEFINE_string('cls_test_list', '', help='imagenetlt / inat2018 test annotation file '
+                    '(default ImageNet_LT_test.txt / val2018.json under --root)')
+flags.DEFINE_string('synthetic', '', help='saved sample set (.npy, N x 3 x H x W in [0, 1], '
+                    'labels file beside it) added to the classifier training set')
+flags.DEFINE_string('synthetic_logdir', '', help='draw generated training images from this '
+                    'run\'s ckpt_{ckpt_step}.pt (with --sample_method, --omega, --sampler)')
+flags.DEFINE_string('synthetic_fill', 'head', help='images drawn per class: head (up to the '
+                    'largest class) or an integer N per class')
+flags.DEFINE_float('synthetic_weight', 1.0, help='loss weight of generated images')
+flags.DEFINE_bool('synthetic_only', False, help='train on generated images alone (CAS)')
+flags.DEFINE_bool('synthetic_filter', False, help='keep generated images that a real-data '
+                  'classifier assigns to their class with probability >= --filter_threshold')
+flags.DEFINE_string('filter_logdir', '', help='--classify run folder of the filtering '
+                    'classifier (default: trained first into LOGDIR/filter_real)')
+flags.DEFINE_float('filter_threshold', 0.5, help='--synthetic_filter probability threshold')
 
-MULTI_FLAGS = ('ch_mult', 'attn')
+MULTI_FLAGS = ('ch_mult', 'attn', 'cls_milestones')
+
+
+# ---------------------------------------------------------------------------------------------
+# The domain of every flag whose type does not already bound it, declared once and checked as
+# the flags are parsed, before anything is read or written: a value outside ends the run with
+# one line naming the flag (exit status 2).
+
+def _finite(v):
+    return math.isfinite(v)
+
+
+def _at_least(lo):
+    return f'>= {lo}', lambda v: v >= lo
+
+
+def _in_open_unit():
+    return 'in (0, 1)', lambda v: 0 < v < 1
+
+
+def _finite_at_least_0():
+    return 'finite and >= 0', lambda v: _finite(v) and v >= 0
+
+
+def _finite_positive():
+    return 'finite and > 0', lambda v: _finite(v) and v > 0
+
+
+FLAG_DOMAINS = {
+    # UNet
+    'ch': ('a positive multiple of 32 (GroupNorm uses 32 groups)', lambda v: v >= 32 and v % 32 == 0),
+    'ch_mult': ('one or more entries, each >= 1', lambda v: len(v) >= 1 and min(v) >= 1),
+    'attn': ('entries >= -1 (-1: no attention)', lambda v: all(a >= -1 for a in v)),
+    'num_res_blocks': _at_least(1),
+    'dropout': ('in [0, 1)', lambda v: 0 <= v < 1),
+    # diffusion
+    'beta_1': _in_open_unit(),
+    'beta_T': _in_open_unit(),
+    'T': _at_least(1),
+    # training
+    'lr': _finite_positive(),
+    'grad_clip': _finite_positive(),
+    'total_steps': _at_least(1),
+    'img_size': _at_least(1),
+    'warmup': _at_least(0),
+    'batch_size': _at_least(1),
+    'num_workers': _at_least(0),
+    'ema_decay': ('in [0, 1]', lambda v: 0 <= v <= 1),
+    'seed': ('in [0, 2^31)', lambda v: 0 <= v < 2 ** 31),
+    'keep_ckpt': _at_least(0),
+    # conditioning and class balancing
+    'tau': _finite_at_least_0(),
+    'ckpt_step': _at_least(0),
+    # data
+    'imb_factor': ('in (0, 1] (smallest / largest class size, e.g. 0.01)', lambda v: 0 < v <= 1),
+    # logging and sampling
+    'sample_size': _at_least(1),
+    'sample_step': _at_least(0),
+    'save_step': _at_least(0),
+    'eval_step': _at_least(0),
+    'omega': _finite_at_least_0(),
+    'sample_steps': _at_least(1),
+    'eta': ('in [0, 1]', lambda v: 0 <= v <= 1),
+    'omega_sweep': ('a comma-separated list of finite numbers >= 0',
+                    lambda v: all(math.isfinite(float(w)) and float(w) >= 0 for w in v)),
+    'sample_name': ('a non-empty file-name part without a path separator',
+                    lambda v: bool(v) and os.sep not in v and '/' not in v),
+    # evaluation
+    'num_images': _at_least(1),
+    'many_shot': _at_least(0),
+    'few_shot': _at_least(0),
+    'min_fid_images': _at_least(2),
+    # long-tailed classification
+    'cls_epochs': _at_least(1),
+    'cls_batch_size': ('>= 2 (BatchNorm needs two images per batch)', lambda v: v >= 2),
+    'cls_lr': _finite_positive(),
+    'cls_momentum': ('in [0, 1)', lambda v: 0 <= v < 1),
+    'cls_wd': _finite_at_least_0(),
+    'cls_warmup': _at_least(0),
+    'cls_milestones': ('epochs, each >= 1', lambda v: all(m >= 1 for m in v)),
+    'cls_gamma': ('in (0, 1]', lambda v: 0 < v <= 1),
+    'cls_eval_every': _at_least(0),
+    'synthetic_weight': _finite_at_least_0(),
+    'filter_threshold': ('in [0, 1]', lambda v: 0 <= v <= 1),
+    'synthetic_fill': ('head or an integer >= 1',
+                       lambda v: v == 'head' or (v.isdigit() and int(v) >= 1)),
+}
+
+# domains that tie several flags together: (flags, what must hold, check of their values)
+CROSS_DOMAINS = [
+    (('beta_1', 'beta_T'), '--beta_1 must be smaller than --beta_T',
+     lambda f: f['beta_1'] < f['beta_T']),
+    (('img_size', 'ch_mult'), '--img_size must be divisible by 2^(levels - 1) for the levels '
+     'of --ch_mult', lambda f: f['img_size'] % 2 ** (len(f['ch_mult']) - 1) == 0),
+    (('attn', 'ch_mult'), '--attn levels must index --ch_mult (0 .. levels - 1, or -1)',
+     lambda f: all(a < len(f['ch_mult']) for a in f['attn'])),
+    (('sample_steps', 'T', 'sampler'), '--sample_steps must be <= --T for a sampler other than '
+     'ddpm', lambda f: f['sampler'] == 'ddpm' or f['sample_steps'] <= f['T']),
+    (('spacing', 'sampler'), '--spacing must be one that the sampler offers: '
+     + '; '.join(f'{k}: {", ".join(v)}' for k, v in SPACINGS.items()),
+     lambda f: f['spacing'] in SPACINGS[f['sampler']]),
+    (('eta', 'sampler'), '--eta must be 0 for --sampler dpm++2m and unipc (deterministic solvers)',
+     lambda f: f['sampler'] in ('ddpm', 'ddim') or f['eta'] == 0),
+    (('few_shot', 'many_shot'), '--few_shot must be <= --many_shot',
+     lambda f: f['few_shot'] <= f['many_shot']),
+]
+
+
+def register_domains():
+    """Attach FLAG_DOMAINS and CROSS_DOMAINS to absl's validators (run at every parse)."""
+    for name, (text, check) in FLAG_DOMAINS.items():
+        flags.register_validator(name, _guard(check), message=f'--{name} must be {text}')
+    for names, text, check in CROSS_DOMAINS:
+        flags.register_multi_flags_validator(list(names), _guard(check), message=text)
+
+
+def _guard(check):
+    """A check that answers False, not an exception, on values it cannot compare (None)."""
+    def guarded(value):
+        try:
+            return bool(check(value))
+        except (TypeError, ValueError, OverflowError):
+            return False
+    return guarded
+
+
+register_domains()
 
 
 def expand_argv(argv):
@@ -160,8 +335,11 @@ def run(argv):
         evaluation.sample(cfg)
     if cfg.eval:
         evaluation.evaluate(cfg)
-    if not (cfg.train or cfg.eval or cfg.sample or cfg.make_stats):
-        raise UserError('nothing to do: pass --train, --eval, --sample or --make_stats')
+    if cfg.classify:
+        import classify
+        classify.classify(cfg, flags_text())
+    if not (cfg.train or cfg.eval or cfg.sample or cfg.make_stats or cfg.classify):
+        raise UserError('nothing to do: pass --train, --eval, --sample, --make_stats or --classify')
 
 
 def main():

@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import sys
+import types
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ def build_sampler(cfg, model, num_class):
     return GaussianDiffusionSampler(
         model, cfg.beta_1, cfg.beta_T, cfg.T, num_class, img_size=cfg.img_size,
         var_type=cfg.var_type, sampler=cfg.sampler, sample_steps=cfg.sample_steps, eta=cfg.eta,
-        skip_type=cfg.skip_type, amp=cfg.amp)
+        skip_type=cfg.skip_type, spacing=cfg.spacing, amp=cfg.amp)
 
 
 class EMA:
@@ -119,11 +120,22 @@ def set_rng_state(state):
 
 
 def grid_labels(num_class, sample_size):
-    """Labels for the sample grid: up to 10 classes spread from head to tail, one row each."""
+    """Labels of a class-per-row sample grid: (labels int64 [sample_size], images per row).
+
+    Up to 10 classes spread evenly from the head (class 0) to the tail (class num_class - 1),
+    one row each, in that order; every image gets a label, so the last row may be shorter.
+    sample_size >= 1, num_class >= 1.
+    """
+    if sample_size < 1 or num_class < 1:
+        raise ValueError(f'grid_labels needs sample_size >= 1 and num_class >= 1, got '
+                         f'{sample_size}, {num_class}')
     rows = min(GRID_MAX_CLASSES, num_class, sample_size)
-    classes = np.unique(np.round(np.linspace(0, num_class - 1, rows)).astype(np.int64))
-    per_row = sample_size // len(classes)
-    return torch.from_numpy(np.repeat(classes, per_row)), per_row
+    per_row = -(-sample_size // rows)
+    rows = -(-sample_size // per_row)  # ceil twice: no row left empty
+    # linspace over [0, C - 1] with rows <= C points has steps >= 1, so the rounded classes differ
+    classes = np.round(np.linspace(0, num_class - 1, rows)).astype(np.int64)
+    labels = np.repeat(classes, per_row)[:sample_size]
+    return torch.from_numpy(labels), per_row
 
 
 def sample_grid(sampler, x_T, y, method, omega, nrow, path, batch_size, seed=0):
@@ -147,6 +159,14 @@ def sample_grid(sampler, x_T, y, method, omega, nrow, path, batch_size, seed=0):
     save_image(grid, tmp)
     os.replace(tmp, path)
     return images, y
+
+
+def same_shape_or(saved, fresh):
+    """The grid noise saved in a checkpoint, or `fresh` when --sample_size or --img_size changed
+    since (the grid's labels follow the current flags)."""
+    if saved is None or tuple(saved.shape) != tuple(fresh.shape):
+        return fresh
+    return saved.cpu()
 
 
 def grid_method(cfg):
@@ -237,206 +257,246 @@ def run_dirs(cfg):
     return out, cfg.logdir
 
 
-def train(cfg, flags_text, evaluate_fn=None):
-    """Train (or fine-tune, with cfg.finetune) per the flags. `flags_text` is written to
-    flagfile.txt; `evaluate_fn(cfg, ema_model, dataset, step, writer)` runs every eval_step."""
+def prepare(cfg):
+    """Phase 1: the process group, the run folders (checked, not created) and the data set.
+    Returns a namespace that the later phases fill in."""
     rank, world_size, device = setup_distributed()
-    is_main = rank == 0
     out_dir, pretrained_dir = run_dirs(cfg)
     if cfg.batch_size % world_size:
         raise UserError(f'--batch_size {cfg.batch_size} must be divisible by the number of '
                         f'processes ({world_size})')
-    if is_main:
+    if rank == 0:
         check_writable_dir(out_dir, 'finetuned_logdir' if cfg.finetune else 'logdir')
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
-
     dataset = build_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.imb_factor, cfg.imb_type,
                             train=True, download=cfg.download, hflip=True,
                             list_file=cfg.list_file)
     flip_batches, dataset.hflip = dataset.hflip, False  # flips are drawn per batch, reproducibly
-    num_class = dataset.num_class
-    if is_main:
+    if rank == 0:
         counts = dataset.class_counts
-        print(f'{cfg.data_type}: {len(dataset)} images, {num_class} classes, per-class counts '
-              f'{counts.max()}..{counts.min()}: {counts.tolist()}')
+        print(f'{cfg.data_type}: {len(dataset)} images, {dataset.num_class} classes, per-class '
+              f'counts {counts.max()}..{counts.min()}: {counts.tolist()}')
+    return types.SimpleNamespace(
+        rank=rank, world_size=world_size, device=device, is_main=rank == 0, out_dir=out_dir,
+        pretrained_dir=pretrained_dir, dataset=dataset, flip_batches=flip_batches,
+        num_class=dataset.num_class, last_grid=None)
 
-    net_model = build_model(cfg, num_class).to(device)
-    ema_model = copy.deepcopy(net_model).eval()
-    for p in ema_model.parameters():
+
+def build_state(cfg, run):
+    """Phase 2: UNet, EMA copy, optimiser, warm-up schedule, fp16 scaler and the grid's fixed
+    noise and labels, all fresh."""
+    run.net_model = build_model(cfg, run.num_class).to(run.device)
+    run.ema_model = copy.deepcopy(run.net_model).eval()
+    for p in run.ema_model.parameters():
         p.requires_grad_(False)
-    ema = EMA(ema_model, net_model)
-    optim = torch.optim.Adam(net_model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda=warmup_lambda(cfg.warmup))
-    scaler = torch.amp.GradScaler(device.type, enabled=(cfg.amp == 'fp16'))
+    run.ema = EMA(run.ema_model, run.net_model)
+    run.optim = torch.optim.Adam(run.net_model.parameters(), lr=cfg.lr)
+    run.sched = torch.optim.lr_scheduler.LambdaLR(run.optim, lr_lambda=warmup_lambda(cfg.warmup))
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=(cfg.amp == 'fp16'))
     g = torch.Generator().manual_seed(cfg.seed)
-    fixed_x_T = torch.randn(cfg.sample_size, 3, cfg.img_size, cfg.img_size, generator=g)
-    fixed_y, per_row = grid_labels(num_class, cfg.sample_size)
+    run.fixed_x_T = torch.randn(cfg.sample_size, 3, cfg.img_size, cfg.img_size, generator=g)
+    run.fixed_y, run.per_row = grid_labels(run.num_class, cfg.sample_size)
     if not cfg.conditional:
-        fixed_y, per_row = None, int(math.sqrt(cfg.sample_size))
+        run.fixed_y, run.per_row = None, int(math.sqrt(cfg.sample_size))
 
-    # where to start: resume > fine-tune from the pretrained run > scratch
-    first_step = cfg.ckpt_step + 1 if cfg.finetune else 0
-    end_step = first_step + cfg.total_steps
-    start = first_step
-    resumed = newest_loadable_checkpoint(out_dir, verbose=is_main) if cfg.resume else None
+
+def restore(cfg, run):
+    """Phase 3: where to start. Resume (newest loadable checkpoint of the run folder) wins over
+    fine-tuning (the pretrained run's ckpt_{ckpt_step}.pt), which wins over scratch. Sets
+    first_step, end_step, start, last_saved and last_saved_path, and the RNG states."""
+    run.first_step = cfg.ckpt_step + 1 if cfg.finetune else 0
+    run.end_step = run.first_step + cfg.total_steps
+    run.start = run.first_step
+    run.last_saved, run.last_saved_path = None, None
+    resumed = newest_loadable_checkpoint(run.out_dir, verbose=run.is_main) if cfg.resume else None
+    state = (run.net_model, run.ema_model, run.optim, run.sched)
     if resumed:
         path, ckpt = resumed
-        load_training_state(ckpt, path, net_model, ema_model, optim, sched, scaler)
-        fixed_x_T = ckpt['fixed_x_T'].cpu()
-        start = ckpt['step'] + 1
-        if is_main:
-            print(f'resuming from {path} at step {start}')
+        load_training_state(ckpt, path, *state, run.scaler)
+        run.fixed_x_T = same_shape_or(ckpt.get('fixed_x_T'), run.fixed_x_T)
+        run.start = ckpt['step'] + 1
+        if run.is_main:
+            print(f'resuming from {path} at step {run.start}')
+        if 'rng' in ckpt:
+            if run.world_size == 1:
+                set_rng_state(ckpt['rng'])
+            else:
+                torch.manual_seed(cfg.seed + run.rank + run.start)
     elif cfg.finetune:
-        path = ckpt_path(pretrained_dir, cfg.ckpt_step)
+        path = ckpt_path(run.pretrained_dir, cfg.ckpt_step)
         ckpt = load_checkpoint(path)
-        load_training_state(ckpt, path, net_model, ema_model, optim, sched)
-        fixed_x_T = ckpt.get('fixed_x_T', fixed_x_T).cpu()
-        if is_main:
-            print(f'fine-tuning {path}: steps {first_step}..{end_step - 1} into {out_dir}')
-    if resumed and 'rng' in ckpt:
-        if world_size == 1:
-            set_rng_state(ckpt['rng'])
-        else:
-            torch.manual_seed(cfg.seed + rank + start)
-    if start >= end_step:
-        if is_main:
-            print(f'{out_dir}: training already complete (step {start - 1}, '
-                  f'end {end_step - 1}); nothing to do')
-        return out_dir
-    # everything the flags name has been checked: only now touch the run folder
-    if is_main:
-        os.makedirs(os.path.join(out_dir, 'sample'), exist_ok=True)
-        remove_stale_temporaries(out_dir)
-        save_text(os.path.join(out_dir, 'flagfile.txt'), flags_text)
+        load_training_state(ckpt, path, *state)
+        run.fixed_x_T = same_shape_or(ckpt.get('fixed_x_T'), run.fixed_x_T)
+        if run.is_main:
+            print(f'fine-tuning {path}: steps {run.first_step}..{run.end_step - 1} into '
+                  f'{run.out_dir}')
+    if resumed or cfg.finetune:
+        run.last_saved, run.last_saved_path = run.start - 1, path
 
-    # the model as the trainer sees it
-    model = net_model
-    if world_size > 1:
+
+def build_loop(cfg, run, flags_text):
+    """Phase 4: the run folder (created only now that every input has been checked), the
+    trainer over the possibly distributed / compiled UNet, the grid sampler, augmentation, the
+    step-indexed data loader and the tensorboard writer."""
+    if run.is_main:
+        os.makedirs(os.path.join(run.out_dir, 'sample'), exist_ok=True)
+        remove_stale_temporaries(run.out_dir)
+        save_text(os.path.join(run.out_dir, 'flagfile.txt'), flags_text)
+    model = run.net_model
+    if run.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            net_model, device_ids=[device.index] if device.type == 'cuda' else None,
+            run.net_model, device_ids=[run.device.index] if run.device.type == 'cuda' else None,
             find_unused_parameters=cfg.conditional or cfg.augm)
     elif cfg.parallel and torch.cuda.device_count() > 1:
-        model = torch.nn.DataParallel(net_model)
+        model = torch.nn.DataParallel(run.net_model)
     if cfg.compile:
         model = compile_model(model)
-    trainer = GaussianDiffusionTrainer(
-        model, cfg.beta_1, cfg.beta_T, cfg.T, num_class=num_class, cfg=cfg.cfg, cb=cfg.cb,
-        tau=cfg.tau, weight=dataset.class_weights, finetune=cfg.finetune).to(device)
-    sampler = build_sampler(cfg, ema_model, num_class).to(device)
-    augment = AugmentPipe() if cfg.augm else None
-
+    run.trainer = GaussianDiffusionTrainer(
+        model, cfg.beta_1, cfg.beta_T, cfg.T, num_class=run.num_class, cfg=cfg.cfg, cb=cfg.cb,
+        tau=cfg.tau, weight=run.dataset.class_weights, finetune=cfg.finetune).to(run.device)
+    run.sampler = build_sampler(cfg, run.ema_model, run.num_class).to(run.device)
+    run.augment = AugmentPipe() if cfg.augm else None
     loader = DataLoader(
-        dataset, num_workers=cfg.num_workers, pin_memory=device.type == 'cuda',
-        batch_sampler=StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start, rank,
-                                       world_size),
+        run.dataset, num_workers=cfg.num_workers, pin_memory=run.device.type == 'cuda',
+        batch_sampler=StepBatchSampler(len(run.dataset), cfg.batch_size, cfg.seed, run.start,
+                                       run.rank, run.world_size),
         generator=torch.Generator(), persistent_workers=False)
-    writer = None
-    if is_main:
+    run.batches = iter(loader)
+    run.writer = None
+    if run.is_main:
         from tensorboardX import SummaryWriter
-        writer = SummaryWriter(out_dir)
+        run.writer = SummaryWriter(run.out_dir)
 
-    last_saved = start - 1 if (resumed or cfg.finetune) else None
-    last_saved_path = (resumed[0] if resumed else
-                       ckpt_path(pretrained_dir, cfg.ckpt_step) if cfg.finetune else None)
 
-    def save(step):
-        nonlocal last_saved, last_saved_path
-        if is_main:
-            for name, m in (('net_model', net_model), ('ema_model', ema_model)):
-                if not all(torch.isfinite(v).all() for v in m.state_dict().values()
-                           if v.is_floating_point()):
-                    raise TrainingDiverged(f'step {step}: {name} has non-finite weights; not '
-                                           f'saving. Last good checkpoint: {last_saved_path}')
-            state = {
-                'net_model': net_model.state_dict(), 'ema_model': ema_model.state_dict(),
-                'sched': sched.state_dict(), 'optim': optim.state_dict(), 'step': step,
-                'fixed_x_T': fixed_x_T, 'fixed_y': fixed_y, 'rng': rng_state(),
-                'scaler': scaler.state_dict(), 'class_counts': dataset.class_counts,
-            }
-            last_saved_path = save_checkpoint(state, out_dir, step, keep=cfg.keep_ckpt)
-        last_saved = step
-        if world_size > 1:
+def save(cfg, run, step):
+    """Checkpoint `step` (rank 0 writes; every rank waits). Refuses non-finite weights."""
+    if run.is_main:
+        for name, m in (('net_model', run.net_model), ('ema_model', run.ema_model)):
+            if not all(torch.isfinite(v).all() for v in m.state_dict().values()
+                       if v.is_floating_point()):
+                raise TrainingDiverged(f'step {step}: {name} has non-finite weights; not '
+                                       f'saving. Last good checkpoint: {run.last_saved_path}')
+        state = {
+            'net_model': run.net_model.state_dict(), 'ema_model': run.ema_model.state_dict(),
+            'sched': run.sched.state_dict(), 'optim': run.optim.state_dict(), 'step': step,
+            'fixed_x_T': run.fixed_x_T, 'fixed_y': run.fixed_y, 'rng': rng_state(),
+            'scaler': run.scaler.state_dict(), 'class_counts': run.dataset.class_counts,
+        }
+        run.last_saved_path = save_checkpoint(state, run.out_dir, step, keep=cfg.keep_ckpt)
+    run.last_saved = step
+    if run.world_size > 1:
+        dist.barrier()
+
+
+def save_grid(cfg, run, step):
+    """The EMA model's class-per-row grid of the fixed noise, as sample/{step}.png."""
+    run.ema_model.eval()
+    path = os.path.join(run.out_dir, 'sample', f'{step}.png')
+    sample_grid(run.sampler, run.fixed_x_T.to(run.device), run.fixed_y, grid_method(cfg),
+                cfg.omega, run.per_row, path, cfg.batch_size, cfg.seed)
+    run.last_grid = path
+
+
+def train_step(cfg, run, step):
+    """One optimisation step on the next batch: (loss, loss_ddpm, loss_reg) as 0-d tensors.
+    Stops the run (TrainingDiverged, nothing saved) on a non-finite loss or gradient."""
+    run.net_model.train()
+    x_0, y_0 = next(run.batches)
+    x_0 = x_0.to(run.device, non_blocking=True)
+    y_0 = y_0.to(run.device, non_blocking=True) if cfg.conditional else None
+    if run.flip_batches:
+        flip = torch.rand(x_0.shape[0]) < 0.5
+        x_0 = torch.where(flip.to(run.device).view(-1, 1, 1, 1), x_0.flip(-1), x_0)
+    augm = None
+    if run.augment is not None:
+        x_0, augm = run.augment(x_0)
+    with autocast(run.device, cfg.amp):
+        loss_ddpm, loss_reg = run.trainer(x_0, y_0, augm)
+        loss_ddpm, loss_reg = loss_ddpm.mean(), loss_reg.mean()
+        loss = loss_ddpm + loss_reg
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f'step {step}: the loss is {loss.item()}; training stopped without saving. '
+            f'Last good checkpoint: {run.last_saved_path or "none"}; lower --lr or use '
+            f'--amp none, then resume')
+    run.optim.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optim)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.net_model.parameters(), cfg.grad_clip)
+    if not torch.isfinite(grad_norm) and cfg.amp != 'fp16':
+        raise TrainingDiverged(
+            f'step {step}: the gradient norm is {grad_norm.item()}; training stopped '
+            f'without saving. Last good checkpoint: {run.last_saved_path or "none"}')
+    run.scaler.step(run.optim)
+    run.scaler.update()
+    run.sched.step()
+    run.ema.update(cfg.ema_decay)
+    return loss, loss_ddpm, loss_reg
+
+
+def after_step(cfg, run, step, losses, pbar, evaluate_fn):
+    """What a step's number asks for: logging, a grid, a checkpoint, an evaluation."""
+    if run.is_main:
+        if step % 10 == 0:
+            for name, value in zip(('loss', 'loss_ddpm', 'loss_reg'), losses):
+                run.writer.add_scalar(name, value.item(), step)
+            pbar.set_postfix(loss=f'{losses[0].item():.3f}')
+        if cfg.sample_step > 0 and step % cfg.sample_step == 0 and step > run.first_step:
+            save_grid(cfg, run, step)
+    if cfg.save_step > 0 and step % cfg.save_step == 0:
+        save(cfg, run, step)
+    if cfg.eval_step > 0 and step % cfg.eval_step == 0 and evaluate_fn is not None:
+        if run.is_main:
+            evaluate_fn(cfg, run.ema_model, run.dataset, step, run.writer, run.out_dir)
+        if run.world_size > 1:
             dist.barrier()
 
-    data_iter = iter(loader)
-    step = start - 1
-    with StopRequest() as stop, tqdm(range(start, end_step), initial=start - first_step,
-                                     total=end_step - first_step, dynamic_ncols=True,
-                                     disable=not is_main) as pbar:
-        for step in pbar:
-            net_model.train()
-            x_0, y_0 = next(data_iter)
-            x_0 = x_0.to(device, non_blocking=True)
-            y_0 = y_0.to(device, non_blocking=True) if cfg.conditional else None
-            if flip_batches:
-                flip = torch.rand(x_0.shape[0]) < 0.5
-                x_0 = torch.where(flip.to(device).view(-1, 1, 1, 1), x_0.flip(-1), x_0)
-            augm = None
-            if augment is not None:
-                x_0, augm = augment(x_0)
-            with autocast(device, cfg.amp):
-                loss_ddpm, loss_reg = trainer(x_0, y_0, augm)
-                loss_ddpm, loss_reg = loss_ddpm.mean(), loss_reg.mean()
-                loss = loss_ddpm + loss_reg
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f'step {step}: the loss is {loss.item()}; training stopped without saving. '
-                    f'Last good checkpoint: {last_saved_path or "none"}; lower --lr or use '
-                    f'--amp none, then resume')
-            optim.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optim)
-            grad_norm = torch.nn.utils.clip_grad_norm_(net_model.parameters(), cfg.grad_clip)
-            if not torch.isfinite(grad_norm) and cfg.amp != 'fp16':
-                raise TrainingDiverged(
-                    f'step {step}: the gradient norm is {grad_norm.item()}; training stopped '
-                    f'without saving. Last good checkpoint: {last_saved_path or "none"}')
-            scaler.step(optim)
-            scaler.update()
-            sched.step()
-            ema.update(cfg.ema_decay)
 
-            if is_main:
-                if step % 10 == 0:
-                    writer.add_scalar('loss', loss.item(), step)
-                    writer.add_scalar('loss_ddpm', loss_ddpm.item(), step)
-                    writer.add_scalar('loss_reg', loss_reg.item(), step)
-                    pbar.set_postfix(loss=f'{loss.item():.3f}')
-                if cfg.sample_step > 0 and step % cfg.sample_step == 0 and step > first_step:
-                    ema_model.eval()
-                    sample_grid(sampler, fixed_x_T.to(device), fixed_y, grid_method(cfg),
-                                cfg.omega, per_row, os.path.join(out_dir, 'sample', f'{step}.png'),
-                                cfg.batch_size, cfg.seed)
-            if cfg.save_step > 0 and step % cfg.save_step == 0:
-                save(step)
-            if cfg.eval_step > 0 and step % cfg.eval_step == 0 and evaluate_fn is not None:
-                if is_main:
-                    evaluate_fn(cfg, ema_model, dataset, step, writer, out_dir)
-                if world_size > 1:
-                    dist.barrier()
+def train(cfg, flags_text, evaluate_fn=None):
+    """Train (or fine-tune, with cfg.finetune) per the flags; returns the run folder.
+    `flags_text` is written to flagfile.txt; `evaluate_fn(cfg, ema_model, dataset, step, writer,
+    out_dir)` runs every eval_step."""
+    run = prepare(cfg)
+    build_state(cfg, run)
+    restore(cfg, run)
+    if run.start >= run.end_step:
+        if run.is_main:
+            print(f'{run.out_dir}: training already complete (step {run.start - 1}, '
+                  f'end {run.end_step - 1}); nothing to do')
+        return run.out_dir
+    build_loop(cfg, run, flags_text)
+    step = run.start - 1
+    with StopRequest() as stop, tqdm(range(run.start, run.end_step),
+                                     initial=run.start - run.first_step,
+                                     total=run.end_step - run.first_step, dynamic_ncols=True,
+                                     disable=not run.is_main) as pbar:
+        for step in pbar:
+            losses = train_step(cfg, run, step)
+            after_step(cfg, run, step, losses, pbar, evaluate_fn)
             if stop.signal:
-                if last_saved != step:
-                    save(step)
-                if is_main:
+                if run.last_saved != step:
+                    save(cfg, run, step)
+                if run.is_main:
                     pbar.close()
-                    print(f'{stop.signal}: saved {ckpt_path(out_dir, step)}; run the same '
+                    print(f'{stop.signal}: saved {ckpt_path(run.out_dir, step)}; run the same '
                           f'command again to resume from step {step + 1}')
                 break
         else:
-            if last_saved != step:
-                save(step)
-            if is_main and cfg.sample_step > 0 and step % cfg.sample_step != 0:
-                ema_model.eval()
-                sample_grid(sampler, fixed_x_T.to(device), fixed_y, grid_method(cfg), cfg.omega,
-                            per_row, os.path.join(out_dir, 'sample', f'{step}.png'),
-                            cfg.batch_size, cfg.seed)
-    if writer is not None:
-        writer.close()
-    if world_size > 1:
+            if run.last_saved != step:
+                save(cfg, run, step)
+            if run.is_main and cfg.sample_step > 0 and step % cfg.sample_step != 0:
+                save_grid(cfg, run, step)
+    if run.writer is not None:
+        run.writer.close()
+    if run.is_main:
+        print(f'wrote to {run.out_dir}: checkpoint {run.last_saved_path or "none"}, sample grid '
+              f'{run.last_grid or "none (--sample_step 0)"}, flags '
+              f'{os.path.join(run.out_dir, "flagfile.txt")}')
+    if run.world_size > 1:
         dist.destroy_process_group()
-    return out_dir
+    return run.out_dir
 
 
 def remove_stale_temporaries(folder):

@@ -24,7 +24,8 @@ from utils import UserError, save_npz, save_text
 from score import metrics
 
 GROUPS = ('head', 'medium', 'tail')
-PER_CLASS_COLUMNS = ('class', 'train_count', 'group', 'n_generated', 'fid', 'precision', 'recall')
+PER_CLASS_COLUMNS = ('class', 'train_count', 'group', 'n_generated', 'n_real', 'fid', 'precision',
+                     'recall')
 MAKE_STATS_HINT = 'python main.py --make_stats --data_type ... --root ...'
 
 
@@ -155,21 +156,30 @@ def _is(probs, notes, what):
     return metrics.inception_score(probs, splits=splits)
 
 
-def _fid_feats(gen, ref, use_torch, device):
-    if len(gen) < 2 or len(ref) < 2:
+def _fid_feats(gen, ref, use_torch, device, min_images):
+    """FID of two labelled subsets, or None when either side has fewer than `min_images`:
+    FID's bias grows as 1/N, so small per-class sets are only comparable at equal sizes."""
+    if min(len(gen), len(ref)) < max(2, min_images):
         return None
     return metrics.frechet_distance_feats(gen, ref, use_torch=use_torch, device=device)
 
 
-def _pr(ref, gen, k, device, ref_radii=None):
+def _pr(ref, gen, k, device, ref_radii=None, seed=0, notes=None):
+    """Improved precision / recall with the larger set subsampled (seeded) to the smaller's
+    size, so that both manifolds are estimated from as many points (as PRD does)."""
     if len(gen) < 2 * k or len(ref) < 2 * k:
         return None, None
-    return metrics.improved_precision_recall(ref, gen, k=k, device=device, ref_radii=ref_radii)
+    ref_s, gen_s, note = metrics.subsample_to_equal(ref, gen, seed)
+    if note and notes is not None:
+        notes.append(f'precision/recall: {note}')
+    if len(ref_s) != len(ref):
+        ref_radii = None  # the k-NN radii of the full reference set do not apply to a subset
+    return metrics.improved_precision_recall(ref_s, gen_s, k=k, device=device, ref_radii=ref_radii)
 
 
 def evaluate(feats, probs, labels, fid_cache, ref=None, class_counts=None, num_class=None,
              prd=True, improved_prd=True, use_torch=False, device='cpu', many=100, few=20,
-             seed=0, k=5, prd_runs=10, log=None):
+             seed=0, k=5, prd_runs=10, min_fid_images=100, log=None):
     """All metrics of a generated sample set -> (results dict, per-class rows list).
 
     feats: [N, D] float pool3 features; probs: [N, 1008] softmax (or None: no IS); labels: [N]
@@ -179,7 +189,9 @@ def evaluate(feats, probs, labels, fid_cache, ref=None, class_counts=None, num_c
     Result keys: num_images, IS, IS_std, FID, F8, F1/8, precision, recall, and per group
     g in head/medium/tail: classes_g, n_g, IS_g, FID_g, F8_g, F1/8_g, precision_g, recall_g;
     plus notes (list of str). Values are python floats/ints or None. Each per-class row is a dict
-    with the keys of PER_CLASS_COLUMNS.
+    with the keys of PER_CLASS_COLUMNS. Group and per-class FID are None unless both sides have at
+    least `min_fid_images` images; improved precision / recall compare equal-size sets (the larger
+    side subsampled with `seed`).
     """
     say = log or (lambda msg: None)
     t0 = time.time()
@@ -214,10 +226,11 @@ def evaluate(feats, probs, labels, fid_cache, ref=None, class_counts=None, num_c
                         f'{dim}-d; recreate it with `{MAKE_STATS_HINT}`')
     res['FID'] = None
     if n >= 2:
-        mu_g, sigma_g = metrics.feature_stats(feats)
-        fid_fn = metrics.frechet_distance_torch if use_torch else metrics.frechet_distance
-        kw = {'device': device} if use_torch else {}
-        res['FID'] = fid_fn(mu_g, sigma_g, mu, sigma, **kw)
+        res['FID'] = metrics.frechet_distance_to_stats(feats, mu, sigma, use_torch=use_torch,
+                                                       device=device)
+        if n < dim:
+            notes.append(f'FID: {n} images < {dim} feature dimensions; exact low-rank form, '
+                         f'biased upwards at small N')
     else:
         notes.append('FID: needs at least 2 images')
     say(f'IS/FID done ({time.time() - t0:.0f}s)')
@@ -244,7 +257,8 @@ def evaluate(feats, probs, labels, fid_cache, ref=None, class_counts=None, num_c
         say(f'PRD done ({time.time() - t0:.0f}s)')
     if ref is not None and improved_prd:
         radii = ref.get('radii') if ref.get('k', 5) == k else None
-        res['precision'], res['recall'] = _pr(ref['feats'], feats, k, device, ref_radii=radii)
+        res['precision'], res['recall'] = _pr(ref['feats'], feats, k, device, ref_radii=radii,
+                                              seed=seed, notes=notes)
         if res['precision'] is None:
             notes.append(f'precision/recall: needs at least {2 * k} images on each side')
         say(f'precision/recall done ({time.time() - t0:.0f}s)')
@@ -270,7 +284,7 @@ def evaluate(feats, probs, labels, fid_cache, ref=None, class_counts=None, num_c
                 continue
             gen_g = feats[gmask]
             ref_g = ref['feats'][np.isin(ref_labels, cls)]
-            res[f'FID_{g}'] = _fid_feats(gen_g, ref_g, use_torch, device)
+            res[f'FID_{g}'] = _fid_feats(gen_g, ref_g, use_torch, device, min_fid_images)
             if prd and min(len(gen_g), len(ref_g)) >= 2:
                 f8, f18, note = metrics.prd(ref_g, gen_g, num_clusters=clusters_per_class * len(cls),
                                             num_runs=prd_runs, seed=seed)
@@ -278,7 +292,8 @@ def evaluate(feats, probs, labels, fid_cache, ref=None, class_counts=None, num_c
                 if note:
                     notes.append(f'{g}: {note}')
             if improved_prd:
-                res[f'precision_{g}'], res[f'recall_{g}'] = _pr(ref_g, gen_g, k, device)
+                res[f'precision_{g}'], res[f'recall_{g}'] = _pr(ref_g, gen_g, k, device,
+                                                                seed=seed)
             say(f'group {g} done ({time.time() - t0:.0f}s)')
     elif class_counts is None and labels is not None:
         notes.append('no training class counts: head/medium/tail groups skipped')
@@ -294,14 +309,18 @@ def evaluate(feats, probs, labels, fid_cache, ref=None, class_counts=None, num_c
             gen_c = feats[labels == c]
             row = {'class': c,
                    'train_count': None if class_counts is None else int(class_counts[c]),
-                   'group': group_of.get(c), 'n_generated': int(len(gen_c)),
+                   'group': group_of.get(c), 'n_generated': int(len(gen_c)), 'n_real': None,
                    'fid': None, 'precision': None, 'recall': None}
             if ref_labels is not None:
                 ref_c = ref['feats'][ref_labels == c]
-                row['fid'] = _fid_feats(gen_c, ref_c, use_torch, device)
+                row['n_real'] = int(len(ref_c))
+                row['fid'] = _fid_feats(gen_c, ref_c, use_torch, device, min_fid_images)
                 if improved_prd:
-                    row['precision'], row['recall'] = _pr(ref_c, gen_c, k, device)
+                    row['precision'], row['recall'] = _pr(ref_c, gen_c, k, device, seed=seed)
             rows.append(row)
+        if ref_labels is not None and any(r['fid'] is None for r in rows):
+            notes.append(f'per-class / group FID left blank where either side has fewer than '
+                         f'{min_fid_images} images (--min_fid_images)')
         say(f'per-class done ({time.time() - t0:.0f}s)')
     res['notes'] = notes
     return res, rows

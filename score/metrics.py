@@ -5,7 +5,8 @@ All functions take plain arrays (numpy or torch) and make no assumption on the f
 
 - `feature_stats`, `frechet_distance` (= pytorch-fid's `calculate_frechet_distance`),
   `frechet_distance_torch` (eigenvalue form on a device, float64) and `frechet_distance_feats`
-  (exact low-rank form for small sets, used for per-class FID).
+  (exact low-rank form for small sets, used for per-class FID), `frechet_distance_to_stats`
+  (a feature set against cached statistics, exact low-rank form below D samples).
 - `inception_score`: Salimans et al. 2016, exp(E_x KL(p(y|x) || p(y))) over splits.
 - `prd_scores`, `prd_f_beta`, `prd`: precision and recall for distributions, Sajjadi et al. 2018,
   following google/compare_gan `prd_score.py`.
@@ -129,6 +130,51 @@ def frechet_distance_feats(feats1, feats2, use_torch=False, device='cpu'):
     if use_torch:
         return frechet_distance_torch(mu1, s1, mu2, s2, device=device)
     return frechet_distance(mu1, s1, mu2, s2)
+
+
+def frechet_distance_to_stats(feats, mu, sigma, use_torch=False, device='cpu'):
+    """FID between a feature set (N x D, N >= 2) and reference statistics (mu [D], sigma [D, D]).
+
+    With N < D the set's covariance S = Xc^T Xc / (N - 1) is singular and scipy's sqrtm(S sigma)
+    is ill-conditioned; Tr sqrtm(S sigma) = Tr sqrtm(sigma^1/2 S sigma^1/2) is then computed
+    exactly as the nuclear norm of Xc sigma^1/2 / sqrt(N - 1) (an N x D matrix; its zero singular
+    values stay zero, unlike square roots of rounded eigenvalues). Otherwise the set's statistics
+    go through `frechet_distance` (scipy) or `frechet_distance_torch`. Returns a python float.
+    """
+    f = _as_numpy(feats, np.float64)
+    mu = _as_numpy(mu, np.float64)
+    sigma = _as_numpy(sigma, np.float64)
+    n, d = f.shape
+    if n < 2 or mu.shape != (d,) or sigma.shape != (d, d):
+        raise ValueError(f'frechet_distance_to_stats needs N x D features with N >= 2 and D-dim '
+                         f'statistics, got {f.shape}, {mu.shape}, {sigma.shape}')
+    if n >= d:
+        mu_f, sigma_f = feature_stats(f)
+        if use_torch:
+            return frechet_distance_torch(mu_f, sigma_f, mu, sigma, device=device)
+        return frechet_distance(mu_f, sigma_f, mu, sigma)
+    mu_f = f.mean(0)
+    xc = f - mu_f
+    w, v = np.linalg.eigh((sigma + sigma.T) / 2)
+    sigma_root = (v * np.sqrt(w.clip(min=0))) @ v.T
+    tr_covmean = np.linalg.svd(xc @ sigma_root, compute_uv=False).sum() / math.sqrt(n - 1)
+    diff = mu_f - mu
+    tr_f = (xc * xc).sum() / (n - 1)
+    return float(diff.dot(diff) + tr_f + np.trace(sigma) - 2 * tr_covmean)
+
+
+def subsample_to_equal(a, b, seed=0):
+    """(a', b', note): the larger of two N x D sets replaced by a seeded random subset of the
+    smaller one's size (rows kept in order), as PRD does; note says what was drawn, else None."""
+    n = min(len(a), len(b))
+    if len(a) == len(b):
+        return a, b, None
+    rng = np.random.RandomState(seed)
+    if len(a) > n:
+        return a[np.sort(rng.choice(len(a), n, replace=False))], b, \
+            f'random subset of {n} of the {len(a)} reference features (equal set sizes)'
+    return a, b[np.sort(rng.choice(len(b), n, replace=False))], \
+        f'random subset of {n} of the {len(b)} generated features (equal set sizes)'
 
 
 # --------------------------------------------------------------------------------------------

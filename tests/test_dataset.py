@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import pickle
 import sys
 
 import numpy as np
@@ -173,8 +172,11 @@ def test_unknown_data_type():
 
 def test_digitslt_counts():
     ds = D.build_dataset('digitslt', '', img_size=8, imb_factor=0.1, hflip=True)
-    assert ds.class_counts.tolist() == [178, 140, 106, 84, 65, 50, 38, 29, 22, 18]
-    assert len(ds) == 730 and ds.num_class == 10 and not ds.hflip
+    # drawn from the 1497 digits outside the balanced test split (30 per class)
+    assert ds.class_counts.tolist() == [148, 117, 88, 71, 54, 42, 32, 24, 18, 15]
+    assert len(ds) == 609 and ds.num_class == 10 and not ds.hflip
+    test = D.build_dataset('digitslt', '', img_size=8, train=False)
+    assert test.class_counts.tolist() == [30] * 10 and not set(test.indices) & set(ds.indices)
     x, y = ds[len(ds) - 1]
     assert x.shape == (3, 8, 8) and y == 9 and x.min() >= -1 and x.max() <= 1
     assert torch.equal(x[0], x[1]) and torch.equal(x, ds[len(ds) - 1][0])  # grey, no flip
@@ -211,12 +213,21 @@ def test_imagenetlt(tmp_path):
         assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == labels[i]
         assert x.min() >= -1 and x.max() <= 1
     assert D.num_classes('imagenetlt', str(tmp_path)) == 3
-    ref = D.build_reference_dataset('imagenetlt', str(tmp_path), img_size=16)
+    ref = D.build_reference_dataset('imagenetlt', str(tmp_path), img_size=16, split='train')
     assert len(ref) == 5 and not ref.hflip
+    # FID statistics come from the balanced test list by default, not the long-tailed train list
+    with pytest.raises(UserError, match='ImageNet_LT_test.txt'):
+        D.build_reference_dataset('imagenetlt', str(tmp_path), img_size=16)
+    (tmp_path / 'ImageNet_LT_test.txt').write_text(
+        ''.join(f'{names[i]} {labels[i]}\n' for i in (0, 3, 4)))
+    ref = D.build_reference_dataset('imagenetlt', str(tmp_path), img_size=16)
+    assert len(ref) == 3 and ref.class_counts.tolist() == [1, 1, 1] and not ref.hflip
+    assert D.reference_split('imagenetlt') == 'test' and D.reference_split('inat2018') == 'test'
+    assert D.reference_split('cifar100lt') == 'train' and D.reference_split('cifar10', 'test') == 'test'
     os.remove(tmp_path / names[3])
     with pytest.raises(UserError, match='img0.jpg not found'):
         D.build_dataset('imagenetlt', str(tmp_path), img_size=16)
-    with pytest.raises(UserError, match='--list_file .*missing.txt'):
+    with pytest.raises(UserError, match='--list_file: .*missing.txt not found'):
         D.build_dataset('imagenetlt', str(tmp_path), list_file='missing.txt')
 
 

@@ -80,7 +80,7 @@ def test_imb_factor_out_of_range(tmp_path, imb):
 
 def test_img_size_the_model_cannot_take(tmp_path):
     fails(*train_args(tmp_path / 'run', '--ch_mult=2', '--img_size=9'),
-          expect=['--img_size 9', 'multiple of 2'])
+          expect=['--img_size', 'img_size=9', 'divisible by 2^(levels - 1)'])
     assert not (tmp_path / 'run').exists()
 
 

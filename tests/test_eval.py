@@ -8,6 +8,7 @@ import pytest
 
 from fakedata import write_cifar10, write_random_inception
 from helpers import TINY, run_main
+from train import grid_labels
 
 # fake CIFAR-10 with 12 images per class; long-tailed at 0.1: 12, 9, 7, 5, 4, 3, 2, 2, 1, 1
 GROUPS = ['--many_shot=5', '--few_shot=2']  # head: 3 classes, medium: 5, tail: 2
@@ -64,8 +65,15 @@ def test_eval_then_sampled(setup):
 
     with open(logdir / f'per_class_ema_cfg_1.0_{name}.csv') as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ['class', 'train_count', 'group', 'n_generated', 'fid', 'precision',
-                             'recall']
+    assert list(rows[0]) == ['class', 'train_count', 'group', 'n_generated', 'n_real', 'fid',
+                             'precision', 'recall']
+    assert [int(r['n_real']) for r in rows] == [12] * 10
+    assert all(r['fid'] == '' for r in rows)  # 12 real images per class < --min_fid_images 100
+    assert record['inception_precision'] == 'fp32' and record['sample_steps'] == 50
+    for plot in (f'per_class_ema_cfg_1.0_{name}.png', f'groups_ema_cfg_1.0_{name}.png'):
+        assert (logdir / plot).stat().st_size > 1000, plot
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith('wrote results to ') and f'res_ema_{name}.txt' in last
     assert [int(r['train_count']) for r in rows] == [12, 9, 7, 5, 4, 3, 2, 2, 1, 1]
     assert [r['group'] for r in rows] == ['head'] * 3 + ['medium'] * 5 + ['tail'] * 2
     assert sum(int(r['n_generated']) for r in rows) == 40
@@ -109,3 +117,44 @@ def test_eval_split_across_two_processes(setup):
     assert np.load(logdir / 'cfg_0.0_samples_ema_ddp_N11_STEP2.npy').shape == (11, 3, 8, 8)
     records = [json.loads(r) for r in (logdir / 'eval.jsonl').read_text().splitlines()]
     assert sum(r['name'] == 'ddp_N11_STEP2' for r in records) == 1
+
+
+def test_omega_sweep(setup):
+    """--omega_sweep: one evaluation per omega from the same noise and labels, one table, one
+    plot, the best omega printed; --amp bf16 in the flags leaves Inception in fp32."""
+    tmp, logdir, env = setup
+    out = run_main(f'--flagfile={logdir}/flagfile.txt', '--notrain', '--eval', '--ckpt_step=2',
+                   '--num_images=24', '--batch_size=12', '--sample_method=cfg',
+                   '--omega_sweep=0,1.5,3', '--sampler=dpm++2m', '--sample_steps=5', '--noprd',
+                   '--amp=bf16', '--sample_name=sweep', f'--fid_cache={tmp}/stats/cifar10.train.npz',
+                   *GROUPS, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    name = 'sweep_N24_STEP2'
+    labels = [np.load(logdir / f'cfg_{w}_labels_ema_{name}.npy') for w in ('0.0', '1.5', '3.0')]
+    assert all((lab == labels[0]).all() for lab in labels)  # the same labels for every omega
+    samples = [np.load(logdir / f'cfg_{w}_samples_ema_{name}.npy') for w in ('0.0', '1.5', '3.0')]
+    assert not np.allclose(samples[0], samples[2])  # guidance changed the images
+    with open(logdir / f'omega_sweep_cfg_{name}.csv') as f:
+        table = list(csv.DictReader(f))
+    assert [float(r['omega']) for r in table] == [0.0, 1.5, 3.0]
+    records = [json.loads(r) for r in (logdir / 'eval.jsonl').read_text().splitlines()]
+    sweep = [r for r in records if r.get('name') == name]
+    assert [r['omega'] for r in sweep] == [0.0, 1.5, 3.0]
+    assert all(r['inception_precision'] == 'fp32' and r['sampler'] == 'dpm++2m' for r in sweep)
+    for row, rec in zip(table, sweep):
+        assert float(row['FID']) == pytest.approx(rec['FID'], rel=1e-5)
+    best = min(sweep, key=lambda r: r['FID'])
+    assert f'best omega by FID: {best["omega"]:g}' in out.stdout
+    assert (logdir / f'omega_sweep_cfg_{name}.png').stat().st_size > 1000
+
+
+def test_sample_grid_rows_are_labelled(setup):
+    _, logdir, env = setup
+    out = run_main('--notrain', '--sample', f'--flagfile={logdir}/flagfile.txt', '--ckpt_step=2',
+                   '--sample_method=cond', '--sample_size=7', '--sampler=unipc',
+                   '--sample_steps=4', env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (logdir / 'sample_cond_0.0_STEP2_labelled.png').stat().st_size > 1000
+    labels = np.load(logdir / 'sample_cond_0.0_STEP2_labels.npy')
+    assert labels.tolist() == grid_labels(10, 7)[0].tolist() and len(set(labels)) == 7
+    assert 'sample_cond_0.0_STEP2_labelled.png' in out.stdout.strip().splitlines()[-1]

@@ -1,0 +1,35 @@
+"""scripts/sampler_digits.py on a tiny digits run: every sampler row is scored from one noise."""
+import os
+import subprocess
+import sys
+
+from helpers import ROOT, TINY, run_main
+
+
+def table_rows(logdir):
+    return [line.split('|')[1:8] for line in (logdir / 'sampler_digits.md').read_text().splitlines()
+            if line.startswith('| ') and not line.startswith('| sampler')]
+
+
+def test_sampler_digits_table(tmp_path):
+    logdir = tmp_path / 'run'
+    out = run_main('--train', *TINY, '--T=20', '--conditional', '--cfg', '--total_steps=2',
+                   '--save_step=1', '--sample_step=0', f'--logdir={logdir}')
+    assert out.returncode == 0, out.stderr[-2000:]
+    cmd = [sys.executable, os.path.join(ROOT, 'scripts', 'sampler_digits.py'), f'--logdir={logdir}',
+           '--ckpt_step=1', '--per_class=6', '--steps=2,4', '--samplers=dpm++2m',
+           '--stochastic_ddim', '--batch_size=30']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = table_rows(logdir)
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        ('ddpm', '20'), ('dpm++2m', '2'), ('dpm++2m', '4'), ('ddim, eta 1', '2'),
+        ('ddim, eta 1', '4')]
+    for row in rows:
+        fid, precision, recall, acc = (float(v) for v in row[2:6])
+        assert fid > 0 and 0 <= precision <= 1 and 0 <= recall <= 1 and 0 <= acc <= 1
+    # --reuse scores the saved sets again: the same figures, nothing drawn
+    out = subprocess.run(cmd + ['--reuse'], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert table_rows(logdir) == rows
