@@ -274,6 +274,9 @@ def prepare(cfg):
                             train=True, download=cfg.download, hflip=True,
                             list_file=cfg.list_file)
     flip_batches, dataset.hflip = dataset.hflip, False  # flips are drawn per batch, reproducibly
+    if len(dataset) < cfg.batch_size:
+        raise UserError(f'--batch_size {cfg.batch_size} is larger than the data set '
+                        f'({len(dataset)} images); lower --batch_size')
     if rank == 0:
         counts = dataset.class_counts
         print(f'{cfg.data_type}: {len(dataset)} images, {dataset.num_class} classes, per-class '

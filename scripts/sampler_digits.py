@@ -20,6 +20,10 @@ folder) against the 1,797 real digits:
 --reuse scores the sets an earlier run saved (LOGDIR/sampler_digits_*.npy) instead of drawing
 them again, with the wall times it recorded.
 
+--omega_sweep 0,0.5,1,2,3 instead draws one set per omega with --sweep_sampler (default DDIM,
+20 steps, eta 1) and writes the FID / IS / precision / recall / tail-FID table and plot
+(score.plots.plot_omega_sweep) beside --out.
+
 Prints a markdown table and writes it atomically to --out (default LOGDIR/sampler_digits.md).
 """
 import argparse
@@ -29,6 +33,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +49,8 @@ from utils import UserError, save_text  # noqa: E402
 def draw(logdir, ckpt_step, sampler, steps, eta, per_class, omega, batch_size, reuse):
     """Run `main.py --sample` once; returns (samples path, labels path, wall seconds), the files
     renamed after the sampler so that the next run does not overwrite them."""
-    tag = os.path.join(logdir, f'sampler_digits_{sampler}_{steps}' + (f'_eta{eta:g}' if eta else ''))
+    tag = os.path.join(logdir, f'sampler_digits_{sampler}_{steps}' + (f'_eta{eta:g}' if eta else '')
+                       + f'_omega{omega:g}')
     if reuse and os.path.isfile(tag + '.json'):
         with open(tag + '.json') as f:
             return tag + '.npy', tag + '_labels.npy', json.load(f)['wall']
@@ -62,6 +69,56 @@ def draw(logdir, ckpt_step, sampler, steps, eta, per_class, omega, batch_size, r
     shutil.move(stem + '_labels.npy', tag + '_labels.npy')
     save_text(tag + '.json', json.dumps({'wall': wall, 'command': cmd}))
     return tag + '.npy', tag + '_labels.npy', wall
+
+
+def sweep_scores(model, samples, labels, real_feats, real_y, tail):
+    """FID, IS (of the classifier's softmax), precision, recall, accuracy and the tail classes'
+    FID (generated vs real images of the `tail` classes) of a saved set, as a dict."""
+    import torch
+    from score.metrics import inception_score
+    x, y = proxy_eval.load_samples(samples, labels)
+    pred, feats = proxy_eval.predict(model, x)
+    with torch.no_grad():
+        probs = torch.softmax(model.fc2(torch.from_numpy(feats)), dim=1).double().numpy()
+    gen_tail, real_tail = np.isin(y.numpy(), tail), np.isin(real_y, tail)
+    precision, recall = proxy_eval.pr(real_feats, feats)
+    return {'FID': frechet_distance_feats(feats, real_feats, use_torch=True),
+            # the sets are class-sorted: shuffle, or each split would hold one class (IS ~ 1)
+            'IS': inception_score(probs[np.random.RandomState(0).permutation(len(probs))],
+                                  splits=10)[0],
+            'precision': precision, 'recall': recall,
+            'acc': float((pred == y.numpy()).mean()),
+            'FID_tail': frechet_distance_feats(feats[gen_tail], real_feats[real_tail],
+                                               use_torch=True)}
+
+
+def omega_sweep(args, model, real_feats, real_y):
+    """The --omega_sweep mode: one set per omega with the sweep sampler, a table and a plot."""
+    from dataset import build_dataset
+    from score.plots import plot_omega_sweep
+    counts = build_dataset('digitslt', '', 8, 0.1).class_counts
+    tail = sorted(int(c) for c in np.argsort(-counts, kind='stable')[5:])
+    rows = []
+    lines = ['| omega | FID | IS | precision | recall | class acc | tail FID |',
+             '|---:|---:|---:|---:|---:|---:|---:|']
+    for omega in (float(w) for w in args.omega_sweep.split(',')):
+        samples, labels, _ = draw(args.logdir, args.ckpt_step, args.sweep_sampler,
+                                  args.sweep_steps, args.sweep_eta, args.per_class, omega,
+                                  args.batch_size, args.reuse)
+        row = {'omega': omega, **sweep_scores(model, samples, labels, real_feats, real_y, tail)}
+        rows.append(row)
+        lines.append(f'| {omega:g} | ' + ' | '.join(f'{row[k]:.3f}' for k in (
+            'FID', 'IS', 'precision', 'recall', 'acc', 'FID_tail')) + ' |')
+        print(lines[-1], flush=True)
+    out = args.out or os.path.join(args.logdir, 'omega_sweep_digits.md')
+    plot = plot_omega_sweep(rows, out[:-3] + '.png' if out.endswith('.md') else out + '.png')
+    best = min(rows, key=lambda r: r['FID'])
+    text = (f'{10 * args.per_class} images per omega ({args.per_class} per class), '
+            f'{args.sweep_sampler} {args.sweep_steps} steps, eta {args.sweep_eta:g}, the same noise '
+            f'and labels for every omega; tail = classes {tail}; best omega by FID: '
+            f'{best["omega"]:g}.\n\n' + '\n'.join(lines) + '\n')
+    save_text(out, text)
+    print(text + f'plot: {plot}')
 
 
 def score(model, samples, labels, real_feats):
@@ -85,6 +142,11 @@ def main(argv=None):
     ap.add_argument('--stochastic_ddim', action='store_true', help='also DDIM with eta 1')
     ap.add_argument('--reuse', action='store_true', help='score the sets saved by a former run')
     ap.add_argument('--batch_size', type=int, default=500)
+    ap.add_argument('--omega_sweep', default='', help='e.g. 0,0.5,1,2,3: sweep omega with the '
+                    'sweep sampler instead of comparing samplers')
+    ap.add_argument('--sweep_sampler', default='ddim')
+    ap.add_argument('--sweep_steps', type=int, default=20)
+    ap.add_argument('--sweep_eta', type=float, default=1.0)
     ap.add_argument('--out', default='')
     args = ap.parse_args(argv)
     if not os.path.isfile(os.path.join(args.logdir, 'flagfile.txt')):
@@ -98,6 +160,8 @@ def main(argv=None):
     x, y = proxy_eval.real_digits()
     model, test_acc = proxy_eval.load_or_train(args.logdir, 0, x, y)
     _, real_feats = proxy_eval.predict(model, x)
+    if args.omega_sweep:
+        return omega_sweep(args, model, real_feats, y.numpy())
     lines = ['| sampler | steps | FID (classifier features) | precision | recall | class acc | '
              'wall (s) |', '|---|---:|---:|---:|---:|---:|---:|']
     for sampler, n, eta in runs:

@@ -160,3 +160,9 @@ def test_sampled_without_saved_samples(run, tmp_path):
     fails(f'--flagfile={run}/flagfile.txt', '--notrain', '--eval', '--sampled', '--ckpt_step=1',
           '--num_images=10', f'--fid_cache={tmp_path}/stats.npz',
           expect=['--sampled', 'saved sets in', 'none'], watch=[run])
+
+
+def test_batch_larger_than_the_data_set(tmp_path):
+    fails(*train_args(tmp_path / 'run', '--batch_size=5000'),
+          expect=['--batch_size 5000', '609 images'])
+    assert not (tmp_path / 'run').exists()

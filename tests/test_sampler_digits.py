@@ -33,3 +33,14 @@ def test_sampler_digits_table(tmp_path):
     out = subprocess.run(cmd + ['--reuse'], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert table_rows(logdir) == rows
+    # --omega_sweep: one set per omega from the same noise, a table and a plot
+    out = subprocess.run(cmd[:4] + ['--per_class=6', '--omega_sweep=0,2', '--sweep_steps=3',
+                                    '--batch_size=30', f'--out={tmp_path}/sweep.md'],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = [line.split('|')[1:8] for line in (tmp_path / 'sweep.md').read_text().splitlines()
+             if line.startswith('| ') and not line.startswith('| omega')]
+    assert [float(r[0]) for r in sweep] == [0.0, 2.0]
+    assert all(1 <= float(r[2]) <= 10 for r in sweep)  # IS of a 10-class softmax
+    assert (tmp_path / 'sweep.png').stat().st_size > 1000
+    assert 'best omega by FID' in (tmp_path / 'sweep.md').read_text()
