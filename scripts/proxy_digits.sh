@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CPU-scale proxy experiment: does class balancing help the tail?
 # DDPM (--cfg, no regulariser) vs CBDM (--cb --tau 1.0) on the long-tailed sklearn digits
-# (config/demo.txt: 730 images, 178 down to 18 per class, 8x8), same step budget, batch and
+# (config/demo.txt: 609 images, 148 down to 15 per class, 8x8), same step budget, batch and
 # seed; then SAMPLE_SIZE/10 samples per class from each (cfg sampling, same omega, same noise)
 # and scripts/proxy_eval.py: per-class / head / tail accuracy of a CNN trained on the full
 # balanced digits, and improved precision/recall in that CNN's feature space. No downloads.
