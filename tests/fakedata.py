@@ -47,19 +47,29 @@ def write_cifar100(root, per_class=20):
 INCEPTION_WEIGHTS_NAME = 'pt_inception-2015-12-05-6726825d.pth'
 
 
-def write_random_inception(torch_home):
-    """Put randomly initialised FID Inception weights where pytorch-fid caches the real ones
-    ($TORCH_HOME/hub/checkpoints/), so the real loading path runs without a download."""
+def random_inception():
+    """The FID Inception architecture with random weights whose features still differ between
+    images: Kaiming-normal convolutions and unit BatchNorm statistics (torchvision's own
+    initialisation collapses every image onto nearly the same pool3 vector)."""
     import torch
     from score.inception import build_fid_inception
     torch.manual_seed(0)
     net = build_fid_inception()
-    for m in net.modules():  # make the (otherwise constant 0/1) BatchNorm statistics non-trivial
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+    return net
+
+
+def write_random_inception(torch_home):
+    """Put randomly initialised FID Inception weights where pytorch-fid caches the real ones
+    ($TORCH_HOME/hub/checkpoints/), so the real loading path runs without a download."""
+    import torch
     folder = os.path.join(str(torch_home), 'hub', 'checkpoints')
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, INCEPTION_WEIGHTS_NAME)
-    torch.save(net.state_dict(), path)
+    torch.save(random_inception().state_dict(), path)
     return path

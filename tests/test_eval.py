@@ -143,6 +143,8 @@ def test_omega_sweep(setup):
     assert all(r['inception_precision'] == 'fp32' and r['sampler'] == 'dpm++2m' for r in sweep)
     for row, rec in zip(table, sweep):
         assert float(row['FID']) == pytest.approx(rec['FID'], rel=1e-5)
+    fids = [r['FID'] for r in sweep]
+    assert min(fids) > 1e-3 and len({round(f, 6) for f in fids}) == 3, fids
     best = min(sweep, key=lambda r: r['FID'])
     assert f'best omega by FID: {best["omega"]:g}' in out.stdout
     assert (logdir / f'omega_sweep_cfg_{name}.png').stat().st_size > 1000

@@ -22,15 +22,9 @@ WEIGHTS_NAME = 'pt_inception-2015-12-05-6726825d.pth'
 @pytest.fixture(scope='module')
 def random_weights(tmp_path_factory):
     """A state dict of the FID Inception architecture with random weights, saved once."""
-    torch.manual_seed(0)
-    net = inc.build_fid_inception()
-    # make the (otherwise constant 0/1) BatchNorm statistics non-trivial
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    from fakedata import random_inception
     path = tmp_path_factory.mktemp('weights') / WEIGHTS_NAME
-    torch.save(net.state_dict(), path)
+    torch.save(random_inception().state_dict(), path)
     return path
 
 
