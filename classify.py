@@ -18,9 +18,7 @@ every RNG state are saved), files are written atomically, SIGINT/SIGTERM save an
 nothing is written before every input has been checked.
 """
 import copy
-import glob
 import os
-import sys
 
 import numpy as np
 import torch
@@ -29,9 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 import dataset as D
-from checkpoint import list_checkpoints, save_checkpoint
+from checkpoint import save_checkpoint
 from classifier import build_classifier, predict
-from train import StopRequest, rng_state, set_rng_state
+from train import (StopRequest, newest_loadable_checkpoint, remove_stale_temporaries, rng_state,
+                   set_rng_state)
 from utils import (UserError, append_jsonl, check_writable_dir, get_device, save_npy,
                    save_text)
 
@@ -223,21 +222,15 @@ def synthetic_name(cfg, fill):
             f'{cfg.omega}_{cfg.sampler}_STEP{cfg.ckpt_step}_{kind}{fill}_seed{cfg.seed}')
 
 
-@torch.no_grad()
 def draw_synthetic(sampler, per_class, batch_size, img_size, device, method, omega, seed):
     """Generate per_class[c] images of every class c: (float32 N x 3 x H x W in [0, 1], int64
     N), classes in order; the noise comes from a generator seeded with `seed`."""
+    from evaluation import generate
     labels = np.repeat(np.arange(len(per_class)), per_class).astype(np.int64)
-    g = torch.Generator().manual_seed(seed)
-    images = []
-    for start in tqdm(range(0, len(labels), batch_size), desc='generating', dynamic_ncols=True):
-        y = torch.from_numpy(labels[start:start + batch_size])
-        x_T = torch.randn(len(y), 3, img_size, img_size, generator=g)
-        x, _ = sampler(x_T.to(device), omega=omega, method=method, y=y.to(device))
-        images.append(((x.float() + 1) / 2).clamp(0, 1).cpu().numpy())
-    if not images:
+    if not len(labels):
         return np.zeros((0, 3, img_size, img_size), np.float32), labels
-    return np.concatenate(images).astype(np.float32), labels
+    return generate(sampler, len(labels), batch_size, img_size, device, method, omega, seed,
+                    'generating', classes=labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,12 +250,7 @@ def load_classifier_checkpoint(path):
 
 def newest_classifier_checkpoint(folder):
     """(path, checkpoint) of the newest loadable ckpt_*.pt in `folder`, or None."""
-    for _, path in reversed(list_checkpoints(folder)):
-        try:
-            return path, load_classifier_checkpoint(path)
-        except UserError as e:
-            print(f'warning: skipping unreadable checkpoint: {e}', file=sys.stderr)
-    return None
+    return newest_loadable_checkpoint(folder, load=load_classifier_checkpoint)
 
 
 def classifier_from_run(folder, device):
@@ -395,8 +383,7 @@ def classify(cfg, flags_text):
     inputs = load_inputs(cfg, device)
     # every input has been checked: only now touch the run folder
     os.makedirs(cfg.logdir, exist_ok=True)
-    for path in glob.glob(os.path.join(glob.escape(cfg.logdir), '.*.tmp')):
-        os.remove(path)  # left by a process killed while writing
+    remove_stale_temporaries(cfg.logdir)
     save_text(os.path.join(cfg.logdir, 'flagfile.txt'), flags_text)
     counts = inputs.real.class_counts
     print(f'{cfg.data_type}: {len(inputs.real)} training images, {inputs.num_class} classes, '

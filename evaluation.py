@@ -98,8 +98,11 @@ def load_ema_model(cfg, device):
     return model.to(device).eval(), num_class, ckpt
 
 
-def generate(sampler, num_images, batch_size, img_size, device, method, omega, seed, desc):
-    """num_images samples in batches: (float32 N x 3 x H x W in [0, 1], int64 labels or -1)."""
+def generate(sampler, num_images, batch_size, img_size, device, method, omega, seed, desc,
+             classes=None):
+    """num_images samples in batches: (float32 N x 3 x H x W in [0, 1], int64 labels or -1).
+    The labels are drawn uniformly with the noise, or are `classes` (int64 [num_images]) when
+    given; the noise comes from a generator seeded with `seed`."""
     g = torch.Generator().manual_seed(seed)
     images, labels = [], []
     with tqdm(total=num_images, desc=desc, dynamic_ncols=True, unit='img') as pbar:
@@ -107,7 +110,9 @@ def generate(sampler, num_images, batch_size, img_size, device, method, omega, s
             n = min(batch_size, num_images - start)
             x_T = torch.randn(n, 3, img_size, img_size, generator=g).to(device)
             y = None
-            if method != 'uncond':
+            if classes is not None:
+                y = torch.as_tensor(classes[start:start + n], dtype=torch.long).to(device)
+            elif method != 'uncond':
                 y = torch.randint(sampler.num_class, (n,), generator=g).to(device)
             x, y = sampler(x_T, omega=omega, method=method, y=y)
             images.append(((x.float() + 1) / 2).cpu().numpy())

@@ -221,11 +221,11 @@ class TrainingDiverged(UserError):
     pass
 
 
-def newest_loadable_checkpoint(folder, verbose=True):
-    """(path, checkpoint) of the newest ckpt_*.pt in `folder` that loads, or None."""
+def newest_loadable_checkpoint(folder, verbose=True, load=load_checkpoint):
+    """(path, checkpoint) of the newest ckpt_*.pt in `folder` that `load` reads, or None."""
     for _, path in reversed(list_checkpoints(folder)):
         try:
-            return path, load_checkpoint(path)
+            return path, load(path)
         except UserError as e:
             if verbose:
                 print(f'warning: skipping unreadable checkpoint: {e}', file=sys.stderr)
