@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from checkpoint import ckpt_path, load_checkpoint, load_model_state
 from dataset import build_dataset, build_reference_dataset, num_classes, reference_split
-from train import (build_model, build_sampler, grid_labels, sample_grid,
-                   setup_distributed)
+from factory import build_model, build_sampler
+from train import grid_labels, sample_grid, setup_distributed
 from utils import (UserError, append_jsonl, append_text, get_device, save_npy, save_npz,
                    save_text)
 

@@ -11,7 +11,7 @@ import types
 
 from absl import app, flags
 
-from classifier import ARCHS as CLS_ARCHS
+from recognition.models import ARCHS as CLS_ARCHS
 from dataset import DATA_TYPES, IMB_TYPES, REF_SPLITS
 from samplers import SPACINGS
 from utils import UserError
@@ -336,8 +336,8 @@ def run(argv):
     if cfg.eval:
         evaluation.evaluate(cfg)
     if cfg.classify:
-        import classify
-        classify.classify(cfg, flags_text())
+        from recognition.classify import classify
+        classify(cfg, flags_text())
     if not (cfg.train or cfg.eval or cfg.sample or cfg.make_stats or cfg.classify):
         raise UserError('nothing to do: pass --train, --eval, --sample, --make_stats or --classify')
 

@@ -7,12 +7,9 @@ are saved in every checkpoint, so on CPU a resumed run reproduces the straight r
 """
 import copy
 import datetime
-import glob
 import math
 import os
 import random
-import signal
-import sys
 import types
 
 import numpy as np
@@ -22,11 +19,13 @@ from torch.utils.data import DataLoader, Sampler
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from checkpoint import (ckpt_path, list_checkpoints, load_checkpoint, load_model_state,
-                        save_checkpoint)
-from dataset import AugmentPipe, build_dataset
-from diffusion import GaussianDiffusionSampler, GaussianDiffusionTrainer, autocast
-from model import UNet
+from augment import AugmentPipe
+from checkpoint import ckpt_path, load_checkpoint, load_model_state, save_checkpoint
+from dataset import build_dataset
+from diffusion import GaussianDiffusionTrainer, autocast
+from factory import build_model, build_sampler, compile_model
+from runfolder import (StopRequest, newest_loadable_checkpoint, remove_stale_temporaries,
+                       rng_state, set_rng_state)
 from utils import UserError, check_writable_dir, get_device, save_text
 
 GRID_MAX_CLASSES = 10
@@ -34,26 +33,6 @@ GRID_MAX_CLASSES = 10
 
 # ---------------------------------------------------------------------------------------------
 # building blocks
-
-def attn_levels(attn):
-    """The --attn flag without its negative entries (`--attn -1` means no attention)."""
-    return [a for a in attn if a >= 0]
-
-
-def build_model(cfg, num_class):
-    return UNet(T=cfg.T, ch=cfg.ch, ch_mult=list(cfg.ch_mult), attn=attn_levels(cfg.attn),
-                num_res_blocks=cfg.num_res_blocks, dropout=cfg.dropout, cond=cfg.conditional,
-                augm=cfg.augm, num_class=num_class)
-
-
-def build_sampler(cfg, model, num_class):
-    if cfg.compile:
-        model = compile_model(model)
-    return GaussianDiffusionSampler(
-        model, cfg.beta_1, cfg.beta_T, cfg.T, num_class, img_size=cfg.img_size,
-        var_type=cfg.var_type, sampler=cfg.sampler, sample_steps=cfg.sample_steps, eta=cfg.eta,
-        skip_type=cfg.skip_type, spacing=cfg.spacing, amp=cfg.amp)
-
 
 class EMA:
     """Exponential moving average of every floating tensor of the state_dict, in place."""
@@ -101,22 +80,6 @@ class StepBatchSampler(Sampler):
             start = (step % self.per_epoch) * self.batch_size + self.rank * self.local
             yield perm[start:start + self.local].tolist()
             step += 1
-
-
-def rng_state():
-    state = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(),
-             'python': random.getstate()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state['torch'])
-    np.random.set_state(state['numpy'])
-    random.setstate(state['python'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
 
 
 def grid_labels(num_class, sample_size):
@@ -197,39 +160,8 @@ def setup_distributed():
     return rank, world_size, device
 
 
-class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step."""
-
-    def __init__(self):
-        self.signal = None
-        self.previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self.handle)
-        return self
-
-    def handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 class TrainingDiverged(UserError):
     pass
-
-
-def newest_loadable_checkpoint(folder, verbose=True, load=load_checkpoint):
-    """(path, checkpoint) of the newest ckpt_*.pt in `folder` that `load` reads, or None."""
-    for _, path in reversed(list_checkpoints(folder)):
-        try:
-            return path, load(path)
-        except UserError as e:
-            if verbose:
-                print(f'warning: skipping unreadable checkpoint: {e}', file=sys.stderr)
-    return None
 
 
 def load_training_state(ckpt, path, net_model, ema_model, optim, sched, scaler=None):
@@ -500,43 +432,3 @@ def train(cfg, flags_text, evaluate_fn=None):
     if run.world_size > 1:
         dist.destroy_process_group()
     return run.out_dir
-
-
-def remove_stale_temporaries(folder):
-    """Delete temporary files left by a process killed while writing (see utils.atomic_write)."""
-    for path in glob.glob(os.path.join(glob.escape(folder), '.*.tmp')):
-        os.remove(path)
-
-
-class CompileFallback(torch.nn.Module):
-    """`torch.compile(model)`, falling back to the eager model with a warning when compiling
-    fails (no compiler toolchain, unsupported platform or operator). Compilation happens at the
-    first call, so that is where failures are caught."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        try:
-            self.compiled = torch.compile(model)
-        except Exception as e:
-            self.compiled = None
-            self.warn(e)
-
-    @staticmethod
-    def warn(error):
-        print(f'warning: --compile unavailable ({type(error).__name__}: '
-              f'{str(error).splitlines()[0][:200] if str(error) else ""}); running eagerly',
-              file=sys.stderr)
-
-    def forward(self, *args, **kwargs):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as e:
-                self.compiled = None
-                self.warn(e)
-        return self.model(*args, **kwargs)
-
-
-def compile_model(model):
-    return CompileFallback(model)

@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-import classifier as C
-import classify as K
+import recognition.classify as K
+import recognition.data as RD
+import recognition.loop as RL
+import recognition.losses as RLoss
+import recognition.models as C
+import recognition.reports as RR
+import recognition.sources as RS
+import runfolder
 import dataset as D
 from fakedata import write_cifar10
 from helpers import ROOT, TINY, popen_main, run_main
@@ -79,7 +85,7 @@ def test_resnet32_is_the_cifar_resnet_and_factory():
 
 
 def test_lr_schedule_warmup_and_milestones():
-    f = [K.lr_factor(e, 5, [160, 180], 0.01) for e in range(200)]
+    f = [RL.lr_factor(e, 5, [160, 180], 0.01) for e in range(200)]
     assert f[:6] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.0] and f[159] == 1.0
     assert f[160] == pytest.approx(0.01) and f[179] == pytest.approx(0.01)
     assert f[180] == pytest.approx(1e-4) and f[199] == pytest.approx(1e-4)
@@ -87,7 +93,7 @@ def test_lr_schedule_warmup_and_milestones():
     assert (cfg.cls_epochs, cfg.cls_batch_size) == (200, 128)
     assert (cfg.cls_wd, cfg.cls_momentum) == (2e-4, 0.9)
     assert cfg.cls_milestones == [160, 180] and cfg.cls_warmup == 5 and cfg.cls_gamma == 0.01
-    _, optim, sched = K.new_state(cfg, 10, torch.device('cpu'))
+    _, optim, sched = RL.new_state(cfg, 10, torch.device('cpu'))
     lrs = []
     for _ in range(200):
         lrs.append(optim.param_groups[0]['lr'])
@@ -103,34 +109,34 @@ def test_group_accuracy_from_a_known_confusion():
     # rows: true class; 3 classes with 150 (many), 50 (medium) and 10 (few) training images
     confusion = np.array([[9, 1, 0], [2, 6, 2], [5, 0, 5]])
     correct, total = np.diag(confusion), confusion.sum(1)
-    rep = K.accuracy_report(correct, total, [150, 50, 10], 100, 20)
+    rep = RR.accuracy_report(correct, total, [150, 50, 10], 100, 20)
     assert rep['top1'] == pytest.approx(20 / 30)
     assert rep['top1_many'] == pytest.approx(0.9) and rep['top1_medium'] == pytest.approx(0.6)
     assert rep['top1_few'] == pytest.approx(0.5)
     assert rep['per_class'] == pytest.approx([0.9, 0.6, 0.5])
     # no medium and no few-shot class: reported as None, never 0; a class without test images
-    rep = K.accuracy_report([3, 0], [4, 0], [500, 101], 100, 20)
+    rep = RR.accuracy_report([3, 0], [4, 0], [500, 101], 100, 20)
     assert rep['top1_medium'] is None and rep['top1_few'] is None
     assert rep['classes_medium'] == 0 and rep['top1_many'] == pytest.approx(0.75)
     assert rep['per_class'] == [0.75, None]
-    assert K.class_groups([101, 100, 20, 19], 100, 20) == ['many', 'medium', 'medium', 'few']
+    assert RR.class_groups([101, 100, 20, 19], 100, 20) == ['many', 'medium', 'medium', 'few']
 
 
 def test_fill_counts_and_loss_weights():
-    assert K.fill_counts([148, 117, 15], 'head').tolist() == [0, 31, 133]
-    assert K.fill_counts([148, 117, 15], 'head', synthetic_only=True).tolist() == [148] * 3
-    assert K.fill_counts([148, 117, 15], '25').tolist() == [25] * 3
+    assert RS.fill_counts([148, 117, 15], 'head').tolist() == [0, 31, 133]
+    assert RS.fill_counts([148, 117, 15], 'head', synthetic_only=True).tolist() == [148] * 3
+    assert RS.fill_counts([148, 117, 15], '25').tolist() == [25] * 3
     for bad in ('0', '-3', 'tail', '1.5'):
         with pytest.raises(UserError, match='synthetic_fill'):
-            K.parse_fill(bad)
+            RS.parse_fill(bad)
     torch.manual_seed(0)
     logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
     generated = torch.tensor([False, False, False, True, True, True])
     ce = torch.nn.functional.cross_entropy(logits, y, reduction='none')
     w = torch.where(generated, 0.25, 1.0)
     want = (ce[:3].sum() + 0.25 * ce[3:].sum()) / 6   # real images keep weight 1
-    assert K.weighted_loss(logits, y, w) == pytest.approx(want.item())
-    zero = K.weighted_loss(logits, y, torch.where(generated, 0.0, 1.0))
+    assert RLoss.weighted_loss(logits, y, w) == pytest.approx(want.item())
+    zero = RLoss.weighted_loss(logits, y, torch.where(generated, 0.0, 1.0))
     assert zero == pytest.approx((ce[:3].sum() / 6).item())
 
 
@@ -139,15 +145,15 @@ def test_training_set_marks_generated_images_and_batches_are_seeded(tmp_path):
     images, labels = D.load_synthetic(str(path), 10, 8)
     assert images.dtype == np.uint8 and images.shape == (30, 3, 8, 8)
     real = D.build_dataset('digitslt', '', 8, 0.1)
-    data = K.TrainingSet(real, K.synthetic_dataset(images, labels, 10, 8))
+    data = RD.TrainingSet(real, RD.synthetic_dataset(images, labels, 10, 8))
     assert len(data) == 609 + 30 and data[0][2] is False and data[609][2] is True
     assert data[609][1] == labels[0]
-    a = K.EpochBatchSampler(len(data), 128, 0, 3).batches()
-    assert a == K.EpochBatchSampler(len(data), 128, 0, 3).batches()
-    assert a != K.EpochBatchSampler(len(data), 128, 0, 4).batches()
+    a = RD.EpochBatchSampler(len(data), 128, 0, 3).batches()
+    assert a == RD.EpochBatchSampler(len(data), 128, 0, 3).batches()
+    assert a != RD.EpochBatchSampler(len(data), 128, 0, 4).batches()
     assert sorted(sum(a, [])) == list(range(len(data)))       # 639 = 4 x 128 + 127
-    assert list(K.EpochBatchSampler(len(data), 128, 0, 3, start=2)) == a[2:]
-    assert len(K.EpochBatchSampler(129, 128, 0, 0).batches()) == 1   # a batch of one is dropped
+    assert list(RD.EpochBatchSampler(len(data), 128, 0, 3, start=2)) == a[2:]
+    assert len(RD.EpochBatchSampler(129, 128, 0, 0).batches()) == 1   # a batch of one is dropped
 
 
 def test_digits_test_split_is_balanced_and_disjoint():
@@ -365,7 +371,7 @@ def test_bad_sources_and_missing_test_split(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # exact resumption and signals
 
-class StopAfter(K.StopRequest):
+class StopAfter(runfolder.StopRequest):
     """A StopRequest that 'receives' SIGTERM after `n` batches (checked once per batch)."""
     n = 0
 
@@ -383,14 +389,14 @@ def test_interrupted_and_resumed_equals_straight(tmp_path, monkeypatch):
     args = [*DIGITS, '--cls_epochs=3', '--cls_warmup=1', '--cls_milestones=2', '--seed=5']
     straight = K.classify(cfg_of(*args, f'--logdir={tmp_path / "a"}'), '')
     assert straight == 'done'
-    monkeypatch.setattr(K, 'StopRequest', StopAfter)
+    monkeypatch.setattr(RL, 'StopRequest', StopAfter)
     for n in (7, 20, 12):   # mid-epoch 1, mid-epoch 2, again within epoch 2 (after a resume)
         StopAfter.n = n
         assert K.classify(cfg_of(*args, f'--logdir={tmp_path / "b"}'), '') == 'stopped'
     StopAfter.n = 10 ** 9
     assert K.classify(cfg_of(*args, f'--logdir={tmp_path / "b"}'), '') == 'done'
-    a = K.newest_classifier_checkpoint(str(tmp_path / 'a'))[1]
-    b = K.newest_classifier_checkpoint(str(tmp_path / 'b'))[1]
+    a = RL.newest_classifier_checkpoint(str(tmp_path / 'a'))[1]
+    b = RL.newest_classifier_checkpoint(str(tmp_path / 'b'))[1]
     assert a['epoch'] == b['epoch'] == 3
     for key in a['model']:
         assert torch.equal(a['model'][key], b['model'][key]), key
@@ -412,7 +418,7 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]
     assert 'SIGTERM: saved' in stdout and 'run the same command again to resume' in stdout
-    ckpt = K.newest_classifier_checkpoint(str(tmp_path))[1]
+    ckpt = RL.newest_classifier_checkpoint(str(tmp_path))[1]
     assert ckpt['kind'] == 'classifier' and ckpt['epoch'] >= 1
 
 

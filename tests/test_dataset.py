@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dataset as D  # noqa: E402
+from augment import AugmentPipe  # noqa: E402
 from utils import UserError  # noqa: E402
 
 
@@ -259,17 +260,17 @@ def _batch(b=4, h=16, w=16, seed=0):
 
 def test_augment_identity_and_flip():
     x = _batch()
-    y, augm = D.AugmentPipe(p=0.0, xflip_p=0.0)(x)
+    y, augm = AugmentPipe(p=0.0, xflip_p=0.0)(x)
     assert torch.allclose(y, x, atol=1e-5) and augm.shape == (4, 9)
     assert torch.count_nonzero(augm) == 0
-    y, augm = D.AugmentPipe(p=0.0, xflip_p=1.0)(x)
+    y, augm = AugmentPipe(p=0.0, xflip_p=1.0)(x)
     assert torch.allclose(y, x.flip(-1), atol=1e-5)
     assert (augm[:, 0] == 1).all() and torch.count_nonzero(augm[:, 1:]) == 0
 
 
 def test_augment_integer_translation():
     x = _batch(b=2, h=16, w=20)
-    pipe = D.AugmentPipe()
+    pipe = AugmentPipe()
     zeros = torch.zeros(2)
     params = {k: zeros for k in ('xflip', 'yflip', 'log_s', 'rot', 'log_a', 'phi')}
     params.update(tx=torch.tensor([3 / 20, -2 / 20]), ty=torch.tensor([2 / 16, 0.0]))
@@ -283,7 +284,7 @@ def test_augment_integer_translation():
 
 def test_augment_full_pipe_properties():
     x = _batch(b=64, h=16, w=16)
-    pipe = D.AugmentPipe(p=0.5)
+    pipe = AugmentPipe(p=0.5)
     y1, a1 = pipe(x, generator=torch.Generator().manual_seed(3))
     y2, a2 = pipe(x, generator=torch.Generator().manual_seed(3))
     assert torch.equal(y1, y2) and torch.equal(a1, a2)
@@ -305,7 +306,7 @@ def test_augment_rotation_quarter_turn():
     zeros = torch.zeros(1)
     params = {k: zeros for k in ('xflip', 'yflip', 'log_s', 'log_a', 'phi', 'tx', 'ty')}
     params['rot'] = torch.tensor([math.pi / 2])
-    y = D.AugmentPipe().apply(x, params)
+    y = AugmentPipe().apply(x, params)
     # positive rotation turns the content clockwise on screen (x right, y down)
     assert torch.allclose(y, torch.rot90(x, k=-1, dims=(-2, -1)), atol=1e-4)
 
@@ -323,5 +324,5 @@ def test_python2_style_str_keys(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_augment_on_cuda():
     x = _batch().cuda()
-    y, augm = D.AugmentPipe(p=0.5)(x, generator=torch.Generator('cuda').manual_seed(0))
+    y, augm = AugmentPipe(p=0.5)(x, generator=torch.Generator('cuda').manual_seed(0))
     assert y.device == x.device and augm.device == x.device and y.shape == x.shape

@@ -15,7 +15,7 @@ from helpers import ROOT, TINY, run_main
 from model import UNet
 from oracle import GaussianOracle
 from samplers import SPACINGS, make_scheduler, set_timesteps, solve
-from train import build_sampler
+from factory import build_sampler
 
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 import oracle_table as table  # noqa: E402  (the oracle set-up of the README table)

@@ -58,7 +58,7 @@ def test_ddp_two_cpu_processes_train_and_save(tmp_path):
 
 
 def test_compile_falls_back_with_a_warning(monkeypatch, capsys):
-    import train
+    import factory
 
     def broken_compile(model):
         def fail(*args, **kwargs):
@@ -68,7 +68,7 @@ def test_compile_falls_back_with_a_warning(monkeypatch, capsys):
     monkeypatch.setattr(torch, 'compile', broken_compile)
     net = UNet(T=50, ch=32, ch_mult=[1], attn=[], num_res_blocks=1, dropout=0.0, cond=True,
                num_class=3).eval()
-    wrapped = train.compile_model(net)
+    wrapped = factory.compile_model(net)
     x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([1, 2]), torch.tensor([0, -1])
     assert torch.equal(wrapped(x, t, y), net(x, t, y))
     assert 'warning: --compile unavailable (RuntimeError: no compiler here)' in capsys.readouterr().err

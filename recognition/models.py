@@ -1,4 +1,4 @@
-"""Classifiers for long-tailed recognition (`main.py --classify`, see classify.py).
+"""Classifiers for long-tailed recognition (`main.py --classify`, see recognition/classify.py).
 
 - `ResNet32`: the CIFAR ResNet of He et al. (2016) as LDAM-DRW's resnet_cifar builds it:
   a 3x3 conv with 16 channels, 3 stages of 5 basic blocks (16, 32, 64 channels, strides 1, 2, 2),

@@ -1,0 +1,10 @@
+"""Long-tailed visual recognition with extra samples for the rare classes (`main.py --classify`).
+
+- models: the classifiers (CIFAR ResNet-32, torchvision ResNets, a small CNN).
+- losses: the training losses.
+- data: real + extra training images, deterministic batches, crop / flip augmentation.
+- sources: where extra images come from (a saved set, a trained diffusion run).
+- loop: training with exact resumption and signal handling.
+- reports: top-1 overall, many / medium / few and per class; the result files.
+- classify: the entry point that checks every input and runs the rest.
+"""

@@ -1,0 +1,75 @@
+"""Training data of the classifier: real images followed by extra ones, deterministic epoch
+batches (a pure function of seed and epoch, so a resumed run sees the same batches), and the
+crop / flip augmentation of the protocol."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+import dataset as D
+
+
+def augment(x, pad):
+    """Random crop with `pad` pixels of zero (black, -1) padding, then random horizontal flip,
+    per image; x: B x 3 x H x W in [-1, 1] -> same shape. Draws from the global torch RNG."""
+    if pad <= 0:
+        return x
+    b, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2))
+    flips = torch.rand(b) < 0.5
+    padded = F.pad(x, (pad, pad, pad, pad), value=-1.0)
+    out = torch.stack([padded[i, :, oy:oy + h, ox:ox + w]
+                       for i, (oy, ox) in enumerate(offsets.tolist())])
+    return torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
+
+
+class TrainingSet(Dataset):
+    """Real images followed by generated ones: items (x in [-1, 1], y, is_generated)."""
+
+    def __init__(self, real, synthetic):
+        self.parts = [p for p in (real, synthetic) if p is not None]
+        self.n_real = len(real) if real is not None else 0
+        self.targets = np.concatenate([p.targets for p in self.parts])
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        if i < self.n_real:
+            x, y = self.parts[0][i]
+            return x, y, False
+        x, y = self.parts[-1][i - self.n_real]
+        return x, y, True
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of one epoch from batch `start` on: the permutation of epoch e comes from a
+    torch.Generator seeded with seed * 1_000_003 + e, so a resumed run sees the same batches.
+    A last batch of a single image is dropped (BatchNorm needs two)."""
+
+    def __init__(self, n, batch_size, seed, epoch, start=0):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.start = epoch, start
+
+    def batches(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        out = [perm[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        return out[:-1] if len(out) > 1 and len(out[-1]) < 2 else out
+
+    def __iter__(self):
+        return iter(self.batches()[self.start:])
+
+    def __len__(self):
+        return max(len(self.batches()) - self.start, 0)
+
+
+def synthetic_dataset(images, labels, num_class, img_size):
+    return D.ArrayImageDataset(torch.from_numpy(images), labels, num_class, img_size,
+                               hflip=False)
+
+
+def make_loader(data, sampler, cfg, device):
+    # generator=: the loader's own seed draw must not touch the global RNG (exact resumption)
+    return DataLoader(data, batch_sampler=sampler, num_workers=cfg.num_workers,
+                      pin_memory=device.type == 'cuda', generator=torch.Generator())

@@ -1,0 +1,190 @@
+"""The classifier's training loop (LDAM-DRW's CIFAR protocol by default): SGD with momentum,
+linear warm-up, step decay at the milestones; exact resumption from the newest checkpoint of
+the run folder; SIGINT/SIGTERM save and stop."""
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from checkpoint import save_checkpoint
+from recognition.data import EpochBatchSampler, TrainingSet, augment, make_loader, synthetic_dataset
+from recognition.losses import weighted_loss
+from recognition.models import build_classifier
+from recognition.reports import GROUPS, accuracy_report, evaluate_and_report, test_results
+from runfolder import StopRequest, newest_loadable_checkpoint, rng_state, set_rng_state
+from utils import UserError
+
+
+def lr_factor(epoch, warmup, milestones, gamma):
+    """Multiplier of --cls_lr in epoch `epoch` (0-based), as LDAM-DRW's adjust_learning_rate:
+    (epoch + 1) / warmup during the first `warmup` epochs, then gamma ** (number of milestones
+    <= epoch); with warmup 5, milestones 160 180 and gamma 0.01: 0.2 .. 1, 1, 0.01, 0.0001."""
+    if epoch < warmup:
+        return (epoch + 1) / warmup
+    return gamma ** sum(1 for m in milestones if m <= epoch)
+
+
+def load_classifier_checkpoint(path):
+    """torch.load of a classifier checkpoint; UserError when missing, truncated or foreign."""
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:
+        raise UserError(f'checkpoint {path} is truncated or not a checkpoint '
+                        f'({type(e).__name__})') from None
+    if not isinstance(ckpt, dict) or ckpt.get('kind') != 'classifier':
+        raise UserError(f'{path} is not a classifier checkpoint of main.py --classify')
+    return ckpt
+
+
+def newest_classifier_checkpoint(folder):
+    """(path, checkpoint) of the newest loadable ckpt_*.pt in `folder`, or None."""
+    return newest_loadable_checkpoint(folder, load=load_classifier_checkpoint)
+
+
+def classifier_from_run(folder, device):
+    """The classifier of a finished (or stopped) --classify run folder, in eval mode."""
+    found = newest_classifier_checkpoint(folder) if os.path.isdir(folder) else None
+    if found is None:
+        raise UserError(f'--filter_logdir {folder}: no classifier checkpoint (ckpt_*.pt of '
+                        f'main.py --classify) there')
+    path, ckpt = found
+    model = build_classifier(ckpt['arch'], ckpt['num_class'])
+    model.load_state_dict(ckpt['model'])
+    return model.to(device).eval(), ckpt['num_class']
+
+
+def build_training(cfg, inputs, synthetic):
+    """(TrainingSet, weight of generated images, generated images per class np.int64)."""
+    syn_set, gen_counts = None, np.zeros(inputs.num_class, np.int64)
+    if synthetic is not None:
+        syn_set = synthetic_dataset(synthetic['images'], synthetic['labels'], inputs.num_class,
+                                    cfg.img_size)
+        gen_counts = syn_set.class_counts
+    real = None if (cfg.synthetic_only and syn_set is not None) else inputs.real
+    data = TrainingSet(real, syn_set)
+    if len(data) < 2:
+        raise UserError(f'the training set has {len(data)} images; a classifier needs at least 2')
+    weight = 1.0 if real is None else float(cfg.synthetic_weight)
+    return data, weight, gen_counts
+
+
+def new_state(cfg, num_class, device):
+    """Model, SGD optimiser and the per-epoch LambdaLR schedule of the protocol."""
+    model = build_classifier(cfg.cls_arch, num_class).to(device)
+    optim = torch.optim.SGD(model.parameters(), lr=cfg.cls_lr, momentum=cfg.cls_momentum,
+                            weight_decay=cfg.cls_wd)
+    milestones = sorted(cfg.cls_milestones)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda e: lr_factor(e, cfg.cls_warmup, milestones, cfg.cls_gamma))
+    return model, optim, sched
+
+
+def run_training(cfg, inputs, synthetic, device):
+    """Train cfg.cls_epochs epochs into cfg.logdir (resuming from its newest checkpoint), then
+    evaluate and write the reports. Returns 'done', 'complete' or 'stopped'."""
+    out_dir = cfg.logdir
+    os.makedirs(out_dir, exist_ok=True)
+    data, weight, gen_counts = build_training(cfg, inputs, synthetic)
+    torch.manual_seed(cfg.seed)
+    model, optim, sched = new_state(cfg, inputs.num_class, device)
+    per_epoch = len(EpochBatchSampler(len(data), cfg.cls_batch_size, cfg.seed, 0).batches())
+    epoch, batch, stats = 0, 0, [0.0, 0, 0]
+    found = newest_classifier_checkpoint(out_dir) if cfg.resume else None
+    if found:
+        path, ckpt = found
+        try:
+            model.load_state_dict(ckpt['model'])
+        except RuntimeError:
+            raise UserError(f'checkpoint {path} holds a {ckpt.get("arch")} with '
+                            f'{ckpt.get("num_class")} classes, not this --cls_arch '
+                            f'{cfg.cls_arch} / {inputs.num_class} classes; use another '
+                            f'--logdir or --noresume') from None
+        optim.load_state_dict(ckpt['optim'])
+        sched.load_state_dict(ckpt['sched'])
+        set_rng_state(ckpt['rng'])
+        epoch, batch, stats = ckpt['epoch'], ckpt['batch'], list(ckpt['stats'])
+        print(f'resuming from {path} at epoch {epoch + 1}, batch {batch}')
+        if epoch >= cfg.cls_epochs and os.path.isfile(os.path.join(out_dir, 'eval.jsonl')):
+            print(f'{out_dir}: classifier training already complete ({epoch} epochs); '
+                  f'nothing to do')
+            return 'complete'
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(out_dir)
+    keep = cfg.keep_ckpt if cfg.keep_ckpt > 0 else 2
+
+    def save(epoch, batch, stats):
+        state = {'kind': 'classifier', 'arch': cfg.cls_arch, 'num_class': inputs.num_class,
+                 'model': model.state_dict(), 'optim': optim.state_dict(),
+                 'sched': sched.state_dict(), 'epoch': epoch, 'batch': batch, 'stats': stats,
+                 'rng': rng_state(), 'class_counts': inputs.real.class_counts}
+        return save_checkpoint(state, out_dir, epoch * per_epoch + batch, keep=keep)
+
+    with StopRequest() as stop:
+        while epoch < cfg.cls_epochs:
+            sampler = EpochBatchSampler(len(data), cfg.cls_batch_size, cfg.seed, epoch, batch)
+            loader = make_loader(data, sampler, cfg, device)
+            batch, stats = train_epoch(cfg, model, optim, loader, weight, device, epoch, batch,
+                                       per_epoch, stats, stop)
+            if batch < per_epoch:  # stopped by a signal inside the epoch
+                path = save(epoch, batch, stats)
+                print(f'{stop.signal}: saved {path}; run the same command again to resume')
+                writer.close()
+                return 'stopped'
+            log_epoch(cfg, writer, model, inputs, device, epoch, stats, optim)
+            sched.step()
+            epoch, batch, stats = epoch + 1, 0, [0.0, 0, 0]
+            path = save(epoch, 0, stats)
+            if stop.signal and epoch < cfg.cls_epochs:
+                print(f'{stop.signal}: saved {path}; run the same command again to resume')
+                writer.close()
+                return 'stopped'
+    evaluate_and_report(cfg, model, inputs, synthetic, gen_counts, device, writer, epoch)
+    writer.close()
+    return 'done'
+
+
+def train_epoch(cfg, model, optim, loader, weight, device, epoch, batch, per_epoch, stats, stop):
+    """Batches `batch`.. of one epoch; stops early after the batch in which a signal arrived.
+    stats = [loss sum, correct, seen] of the epoch so far. Returns (next batch, stats)."""
+    model.train()
+    pad = cfg.img_size // 8
+    with tqdm(total=per_epoch, initial=batch, desc=f'epoch {epoch + 1}/{cfg.cls_epochs}',
+              dynamic_ncols=True, leave=False) as pbar:
+        for x, y, generated in loader:
+            x = augment(x, pad).to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            w = torch.where(generated, weight, 1.0).to(device)
+            logits = model(x)
+            loss = weighted_loss(logits, y, w)
+            if not torch.isfinite(loss):
+                raise UserError(f'epoch {epoch + 1}, batch {batch}: the loss is {loss.item()}; '
+                                f'lower --cls_lr, then resume')
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            stats = [stats[0] + loss.item() * len(y), stats[1] + int((logits.argmax(1) == y).sum()),
+                     stats[2] + len(y)]
+            batch += 1
+            pbar.update(1)
+            pbar.set_postfix(loss=f'{stats[0] / stats[2]:.3f}')
+            if stop.signal and batch < per_epoch:
+                break
+    return batch, stats
+
+
+def log_epoch(cfg, writer, model, inputs, device, epoch, stats, optim):
+    """Tensorboard: training loss / accuracy and lr every epoch, test top-1 every
+    --cls_eval_every epochs."""
+    step = epoch + 1
+    writer.add_scalar('train/loss', stats[0] / max(stats[2], 1), step)
+    writer.add_scalar('train/top1', stats[1] / max(stats[2], 1), step)
+    writer.add_scalar('lr', optim.param_groups[0]['lr'], step)
+    if cfg.cls_eval_every > 0 and step % cfg.cls_eval_every == 0 and step < cfg.cls_epochs:
+        correct, total, _ = test_results(cfg, model, inputs, device)
+        report = accuracy_report(correct, total, inputs.real.class_counts, cfg.many_shot,
+                                 cfg.few_shot)
+        for key in ('top1',) + tuple(f'top1_{g}' for g in GROUPS):
+            if report[key] is not None:
+                writer.add_scalar(f'test/{key}', report[key], step)
+        print(f'epoch {step}: test top-1 {report["top1"]:.4f}')
