@@ -126,9 +126,10 @@ class ResBlock(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 init.xavier_uniform_(module.weight)
                 init.zeros_(module.bias)
+        # the loop above also re-initialised the attention block's own layers, its output
+        # projection included (gain 1, not AttnBlock's 1e-5): as in the public code, whose
+        # runs produced the published numbers (spec: "Model")
         init.xavier_uniform_(self.block2[-1].weight, gain=1e-5)
-        if attn:  # the loop above re-initialised the attention projections
-            init.xavier_uniform_(self.attn.proj.weight, gain=1e-5)
 
     def forward(self, x, temb):
         h = self.block1(x)
@@ -181,8 +182,8 @@ class UNet(nn.Module):
         if cond:
             self.label_embedding = nn.Embedding(num_class, tdim)
         if augm:
+            # nn.Linear's default init (kaiming-uniform, bound 1 / sqrt(9)), as the public code
             self.augm_embedding = nn.Linear(AUGM_DIM, tdim, bias=False)
-            init.xavier_uniform_(self.augm_embedding.weight)
         self.cond, self.augm, self.num_class = cond, augm, num_class
 
         self.head = nn.Conv2d(3, ch, kernel_size=3, stride=1, padding=1)

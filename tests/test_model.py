@@ -1,9 +1,10 @@
+import math
 import os
 
 import pytest
 import torch
 
-from model import UNet, check_config
+from model import AttnBlock, UNet, check_config
 
 SPEC = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'spec', 'unet_state_dict.tsv')
 
@@ -77,11 +78,26 @@ def test_zero_augm_equals_no_augm():
 
 
 def test_reference_initialisation():
+    """The initialisation as it ends up in the public code (spec "Model"): xavier-uniform,
+    zero bias, gain 1e-5 for the last conv of every res block and the UNet's tail; the attention
+    output projection re-initialised by its ResBlock with gain 1; the augmentation embedding
+    with nn.Linear's default (kaiming-uniform with a = sqrt(5): bound 1 / sqrt(fan_in))."""
+    torch.manual_seed(0)
     net = cifar100_unet()
     assert net.tail[-1].weight.abs().max() < 1e-4
-    assert net.downblocks[3].attn.proj.weight.abs().max() < 1e-4
     assert net.downblocks[0].block2[-1].weight.abs().max() < 1e-4
     assert net.head.bias.abs().max() == 0
+    for attn in [m for m in net.modules() if isinstance(m, AttnBlock)]:
+        c = attn.proj.weight.shape[0]
+        bound = math.sqrt(6 / (c + c))            # xavier-uniform, gain 1, 1x1 conv C -> C
+        w = attn.proj.weight
+        assert bound * 0.99 < w.abs().max() <= bound
+        assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+        assert attn.proj.bias.abs().max() == 0
+    w = net.augm_embedding.weight                 # Linear(9, 4 ch), no bias
+    bound = 1 / math.sqrt(9)
+    assert bound * 0.99 < w.abs().max() <= bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
 
 
 def test_config_checks():
