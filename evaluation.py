@@ -160,8 +160,9 @@ def sample(cfg):
 # --make_stats
 
 def default_fid_cache(data_type, split='auto'):
-    """stats/{data set}.{train|test}.npz, e.g. stats/cifar100.train.npz."""
-    base = data_type[:-2] if data_type in ('cifar10lt', 'cifar100lt') else data_type
+    """stats/{data set}.{train|test}.npz, e.g. stats/cifar100.train.npz (a long-tailed set
+    and its balanced source share one: mnistlt -> stats/mnist.train.npz)."""
+    base = data_type[:-2] if data_type in ('cifar10lt', 'cifar100lt', 'mnistlt') else data_type
     return os.path.join('stats', f'{base}.{reference_split(data_type, split)}.npz')
 
 

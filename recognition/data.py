@@ -9,17 +9,23 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 import dataset as D
 
 
-def augment(x, pad):
-    """Random crop with `pad` pixels of zero (black, -1) padding, then random horizontal flip,
-    per image; x: B x 3 x H x W in [-1, 1] -> same shape. Draws from the global torch RNG."""
-    if pad <= 0:
+def augment(x, pad, hflip=True):
+    """Random crop with `pad` pixels of zero (black, -1) padding, then (with `hflip`) a random
+    horizontal flip, per image; x: B x 3 x H x W in [-1, 1] -> same shape. Draws from the global
+    torch RNG (offsets first, then flips, whether or not they are used, so the stream does not
+    depend on `hflip`)."""
+    if pad <= 0 and not hflip:
         return x
     b, _, h, w = x.shape
     offsets = torch.randint(0, 2 * pad + 1, (b, 2))
     flips = torch.rand(b) < 0.5
-    padded = F.pad(x, (pad, pad, pad, pad), value=-1.0)
-    out = torch.stack([padded[i, :, oy:oy + h, ox:ox + w]
-                       for i, (oy, ox) in enumerate(offsets.tolist())])
+    out = x
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad), value=-1.0)
+        out = torch.stack([padded[i, :, oy:oy + h, ox:ox + w]
+                           for i, (oy, ox) in enumerate(offsets.tolist())])
+    if not hflip:
+        return out
     return torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import dataset as D
 from checkpoint import save_checkpoint
 from recognition.data import EpochBatchSampler, TrainingSet, augment, make_loader, synthetic_dataset
 from recognition.losses import weighted_loss
@@ -149,10 +150,11 @@ def train_epoch(cfg, model, optim, loader, weight, device, epoch, batch, per_epo
     stats = [loss sum, correct, seen] of the epoch so far. Returns (next batch, stats)."""
     model.train()
     pad = cfg.img_size // 8
+    hflip = D.allows_hflip(cfg.data_type)
     with tqdm(total=per_epoch, initial=batch, desc=f'epoch {epoch + 1}/{cfg.cls_epochs}',
               dynamic_ncols=True, leave=False) as pbar:
         for x, y, generated in loader:
-            x = augment(x, pad).to(device, non_blocking=True)
+            x = augment(x, pad, hflip).to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             w = torch.where(generated, weight, 1.0).to(device)
             logits = model(x)

