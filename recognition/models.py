@@ -8,7 +8,10 @@
 - torchvision ResNets (resnet18/34/50/..., resnext, wide_resnet) built with weights=None
   (random init; nothing is ever downloaded) for ImageNet-LT and iNaturalist.
 
-Every model maps float B x 3 x H x W images in [-1, 1] to B x num_class logits.
+Every model maps float B x 3 x H x W images in [-1, 1] to B x num_class logits as
+`head(features(x))`: `features` gives the penultimate (pooled) B x feature_dim vectors, `head` is
+the last layer (nn.Linear(feature_dim, num_class)), so the feature-level augmentation can encode
+images and re-train the head alone.
 """
 import torch
 import torch.nn as nn
@@ -65,30 +68,58 @@ class ResNet32(nn.Module):
                 layers.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
-        self.linear = nn.Linear(64, num_class)
+        self.feature_dim = 64
+        self.head = nn.Linear(64, num_class)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
 
-    def forward(self, x):
+    def features(self, x):
+        """B x 3 x H x W -> B x 64 pooled features."""
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
 
 
 class SmallCNN(nn.Module):
-    """Three 3x3 conv layers (32, 64, 128 channels, BN, one 2x2 max-pool) for 8x8 digits."""
+    """Three 3x3 conv layers (32, 64, 128 channels, BN, one 2x2 max-pool) for small digits."""
 
     def __init__(self, num_class):
         super().__init__()
-        self.features = nn.Sequential(
+        self.body = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
             nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU())
-        self.linear = nn.Linear(128, num_class)
+        self.feature_dim = 128
+        self.head = nn.Linear(128, num_class)
+
+    def features(self, x):
+        """B x 3 x H x W -> B x 128 pooled features."""
+        return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
 
     def forward(self, x):
-        return self.linear(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+        return self.head(self.features(x))
+
+
+class TorchvisionClassifier(nn.Module):
+    """A torchvision classification network split into `backbone` (its fc replaced by the
+    identity: B x feature_dim pooled features) and `head` (the fc it had)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.head = net.fc
+        self.feature_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.backbone = net
+
+    def features(self, x):
+        return self.backbone(x)
+
+    def forward(self, x):
+        return self.head(self.features(x))
 
 
 def build_classifier(arch, num_class):
@@ -100,7 +131,8 @@ def build_classifier(arch, num_class):
     if arch in TORCHVISION_ARCHS:
         import torchvision
         # weights=None: random init, so torchvision never tries to download anything
-        return getattr(torchvision.models, arch)(weights=None, num_classes=num_class)
+        return TorchvisionClassifier(getattr(torchvision.models, arch)(weights=None,
+                                                                     num_classes=num_class))
     raise UserError(f'--cls_arch {arch!r}: choose one of {", ".join(ARCHS)}')
 
 

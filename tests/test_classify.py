@@ -79,7 +79,13 @@ def test_resnet32_is_the_cifar_resnet_and_factory():
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert C.build_classifier('cnn', 10)(torch.randn(2, 3, 8, 8)).shape == (2, 10)
     r18 = C.build_classifier('resnet18', 7).eval()       # torchvision, weights=None
-    assert r18.fc.out_features == 7 and r18(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    assert r18.head.out_features == 7 and r18(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    for arch, size in (('resnet32', 32), ('cnn', 8), ('resnet18', 32)):
+        net = C.build_classifier(arch, 5).eval()
+        x = torch.randn(3, 3, size, size)
+        feats = net.features(x)
+        assert feats.shape == (3, net.feature_dim)
+        assert torch.allclose(net.head(feats), net(x), atol=1e-6)
     with pytest.raises(UserError):
         C.build_classifier('vgg', 10)
 
