@@ -21,10 +21,9 @@ import types
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 import dataset as D
-from recognition.data import synthetic_dataset
+from recognition.data import evaluation_loader, synthetic_dataset
 from recognition.loop import classifier_from_run, run_training
 from recognition.models import predict
 from recognition.sources import drawn_synthetic, fill_counts, generator_cfg, parse_fill
@@ -104,7 +103,7 @@ def filter_synthetic(cfg, inputs, images, labels, out_dir, device):
             return None
         model, _ = classifier_from_run(sub.logdir, device)
     data = synthetic_dataset(images, labels, inputs.num_class, cfg.img_size)
-    probs, _ = predict(model, DataLoader(data, batch_size=cfg.cls_batch_size), device)
+    probs, _ = predict(model, evaluation_loader(data, cfg.cls_batch_size), device)
     own = probs[torch.arange(len(labels)), torch.from_numpy(labels)].numpy()
     keep = own >= cfg.filter_threshold
     dropped = np.bincount(labels[~keep], minlength=inputs.num_class).astype(np.int64)

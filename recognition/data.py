@@ -75,6 +75,14 @@ def synthetic_dataset(images, labels, num_class, img_size):
                                hflip=False)
 
 
+def evaluation_loader(data, batch_size, num_workers=0):
+    """A loader over `data` in order for scoring; it draws its worker seed from a generator of
+    its own, so evaluating never moves the global RNG (training after an evaluation sees the
+    same crops and flips whatever --cls_eval_every says)."""
+    return DataLoader(data, batch_size=batch_size, num_workers=num_workers,
+                      generator=torch.Generator())
+
+
 def make_loader(data, sampler, cfg, device):
     # generator=: the loader's own seed draw must not touch the global RNG (exact resumption)
     return DataLoader(data, batch_sampler=sampler, num_workers=cfg.num_workers,

@@ -4,8 +4,8 @@ results.txt, per_class.csv, confusion.png, tensorboard and one eval.jsonl record
 import os
 
 import numpy as np
-from torch.utils.data import DataLoader
 
+from recognition.data import evaluation_loader
 from recognition.models import predict
 from utils import append_jsonl, atomic_write, save_text
 
@@ -48,7 +48,7 @@ def accuracy_report(correct, total, counts, many_shot, few_shot):
 def test_results(cfg, model, inputs, device):
     """Per-class (correct, total) on the test split (np.int64, length C) and the confusion
     matrix (C x C np.int64, rows = true class; None above CONFUSION_PNG_MAX_CLASSES classes)."""
-    loader = DataLoader(inputs.test, batch_size=cfg.cls_batch_size, num_workers=cfg.num_workers)
+    loader = evaluation_loader(inputs.test, cfg.cls_batch_size, cfg.num_workers)
     probs, labels = predict(model, loader, device)
     pred = probs.argmax(1).numpy()
     labels = labels.numpy()
