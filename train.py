@@ -15,17 +15,18 @@ import types
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from augment import AugmentPipe
 from checkpoint import ckpt_path, load_checkpoint, load_model_state, save_checkpoint
 from dataset import build_dataset
-from diffusion import GaussianDiffusionTrainer, autocast
+from diffusion import EMA, GaussianDiffusionTrainer, autocast
 from factory import build_model, build_sampler, compile_model
-from runfolder import (StopRequest, newest_loadable_checkpoint, remove_stale_temporaries,
-                       rng_state, set_rng_state)
+from runfolder import (StepBatchSampler, StopRequest, newest_loadable_checkpoint,
+                       remove_stale_temporaries, rng_state, set_rng_state)
+from samplers import ImageNoise
 from utils import UserError, check_writable_dir, get_device, save_text
 
 GRID_MAX_CLASSES = 10
@@ -34,52 +35,8 @@ GRID_MAX_CLASSES = 10
 # ---------------------------------------------------------------------------------------------
 # building blocks
 
-class EMA:
-    """Exponential moving average of every floating tensor of the state_dict, in place."""
-
-    def __init__(self, ema_model, model):
-        floats = [k for k, v in model.state_dict().items() if v.is_floating_point()]
-        src, dst = model.state_dict(), ema_model.state_dict()
-        self.src = [src[k] for k in floats]
-        self.dst = [dst[k] for k in floats]
-
-    @torch.no_grad()
-    def update(self, decay):
-        torch._foreach_lerp_(self.dst, self.src, 1.0 - decay)
-
-
 def warmup_lambda(warmup):
     return lambda step: min(step, warmup) / warmup if warmup > 0 else 1.0
-
-
-class StepBatchSampler(Sampler):
-    """Infinite batches of indices, a pure function of (seed, step): the batch of step s is
-    slice s % E of the permutation of epoch s // E (E = N // batch_size, torch.Generator seeded
-    with seed * 1_000_003 + epoch). Under DDP each rank yields its own contiguous part of the
-    global batch."""
-
-    def __init__(self, n, batch_size, seed, start_step, rank=0, world_size=1):
-        if n < batch_size:
-            raise UserError(f'--batch_size {batch_size} is larger than the data set ({n} images)')
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.start_step, self.rank, self.world_size = start_step, rank, world_size
-        self.per_epoch = n // batch_size
-        self.local = batch_size // world_size
-
-    def permutation(self, epoch):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
-
-    def __iter__(self):
-        step = self.start_step
-        epoch, perm = None, None
-        while True:
-            if step // self.per_epoch != epoch:
-                epoch = step // self.per_epoch
-                perm = self.permutation(epoch)
-            start = (step % self.per_epoch) * self.batch_size + self.rank * self.local
-            yield perm[start:start + self.local].tolist()
-            step += 1
 
 
 def grid_labels(num_class, sample_size):
@@ -103,15 +60,19 @@ def grid_labels(num_class, sample_size):
 
 def sample_grid(sampler, x_T, y, method, omega, nrow, path, batch_size, seed=0):
     """Sample from x_T (labels y or None) in batches, save a grid (nrow per row) as PNG.
-    The sampling noise comes from a forked RNG seeded with `seed`, so grids never change the
-    training run's random stream. Returns (images N x 3 x H x W in [0, 1], labels)."""
+    Image i's step noise comes from its own generator seeded from (seed, i) (ImageNoise), so
+    the grid does not depend on the batch size; the global RNG is forked besides, so grids
+    never change the training run's random stream. Returns (images N x 3 x H x W in [0, 1],
+    labels)."""
     images = []
     devices = [x_T.device] if x_T.device.type == 'cuda' else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for i in range(0, x_T.shape[0], batch_size):
+            x_b = x_T[i:i + batch_size]
             yb = None if y is None else y[i:i + batch_size].to(x_T.device)
-            x, _ = sampler(x_T[i:i + batch_size], omega=omega, method=method, y=yb)
+            noise = ImageNoise(seed, range(i, i + x_b.shape[0]))
+            x, _ = sampler(x_b, omega=omega, method=method, y=yb, noise=noise)
             images.append((x.float().cpu() + 1) / 2)
     images = torch.cat(images)
     grid = make_grid(images, nrow=nrow, pad_value=1.0)
@@ -205,7 +166,9 @@ def prepare(cfg):
     dataset = build_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.imb_factor, cfg.imb_type,
                             train=True, download=cfg.download, hflip=True,
                             list_file=cfg.list_file)
-    flip_batches, dataset.hflip = dataset.hflip, False  # flips are drawn per batch, reproducibly
+    # flips are drawn per batch, reproducibly; --augm draws its own x-flip (the public pipeline
+    # replaces the plain flip), so there is no other flip then
+    flip_batches, dataset.hflip = dataset.hflip and not cfg.augm, False
     if len(dataset) < cfg.batch_size:
         raise UserError(f'--batch_size {cfg.batch_size} is larger than the data set '
                         f'({len(dataset)} images); lower --batch_size')
@@ -237,19 +200,57 @@ def build_state(cfg, run):
         run.fixed_y, run.per_row = None, int(math.sqrt(cfg.sample_size))
 
 
+def warm_start_step(cfg):
+    """N when this run starts from ckpt_N.pt's EMA weights: --finetune, or --ckpt_step N > 0
+    without it (the public code's warm start); None otherwise."""
+    return cfg.ckpt_step if cfg.finetune or cfg.ckpt_step > 0 else None
+
+
+def start_from_ema(run, ckpt, path):
+    """The public code's start of a fine-tune or warm start: the trained network and its EMA
+    copy both := the checkpoint's EMA weights. The optimiser, warm-up schedule and fp16 scaler
+    stay the fresh ones of build_state (lr = --lr, warm-up counted from this run's first step)."""
+    load_model_state(run.net_model, ckpt['ema_model'], path)
+    load_model_state(run.ema_model, ckpt['ema_model'], path)
+
+
+def honour_lr(cfg, run):
+    """On resume, a --lr other than the checkpoint's replaces it at the saved warm-up position
+    (the scheduler's base_lrs and the param groups' lr; Adam's moments are kept)."""
+    saved = list(run.sched.base_lrs)
+    if all(lr == cfg.lr for lr in saved):
+        return
+    run.sched.base_lrs = [cfg.lr] * len(saved)
+    for group, factor in zip(run.optim.param_groups, run.sched.lr_lambdas):
+        group['initial_lr'] = cfg.lr
+        group['lr'] = cfg.lr * factor(run.sched.last_epoch)
+    run.sched._last_lr = [group['lr'] for group in run.optim.param_groups]
+    if run.is_main:
+        print(f'--lr {cfg.lr} replaces the checkpoint\'s {saved[0]} from here on (warm-up '
+              f'position {run.sched.last_epoch} kept)')
+
+
 def restore(cfg, run):
-    """Phase 3: where to start. Resume (newest loadable checkpoint of the run folder) wins over
-    fine-tuning (the pretrained run's ckpt_{ckpt_step}.pt), which wins over scratch. Sets
-    first_step, end_step, start, last_saved and last_saved_path, and the RNG states."""
-    run.first_step = cfg.ckpt_step + 1 if cfg.finetune else 0
-    run.end_step = run.first_step + cfg.total_steps
+    """Phase 3: where to start. Resume (the newest loadable checkpoint of the run folder) wins;
+    else --finetune starts from the pretrained run's ckpt_{ckpt_step}.pt and --ckpt_step N > 0
+    (without --finetune) from the run folder's own ckpt_N.pt, both from its EMA weights with
+    steps numbered on from N (see start_from_ema); else training starts from scratch. A warm
+    start resumes only from a checkpoint newer than N. Sets first_step, end_step, start,
+    last_saved and last_saved_path, and the RNG states."""
+    warm = warm_start_step(cfg)
+    run.first_step = 0 if warm is None else warm + 1
+    # fine-tuning trains total_steps more steps; a warm start continues its run up to total_steps
+    run.end_step = run.first_step + cfg.total_steps if cfg.finetune else cfg.total_steps
     run.start = run.first_step
     run.last_saved, run.last_saved_path = None, None
     resumed = newest_loadable_checkpoint(run.out_dir, verbose=run.is_main) if cfg.resume else None
-    state = (run.net_model, run.ema_model, run.optim, run.sched)
+    if resumed and not cfg.finetune and warm is not None and resumed[1]['step'] <= warm:
+        resumed = None  # the run folder holds nothing newer than the warm start's own source
     if resumed:
         path, ckpt = resumed
-        load_training_state(ckpt, path, *state, run.scaler)
+        load_training_state(ckpt, path, run.net_model, run.ema_model, run.optim, run.sched,
+                            run.scaler)
+        honour_lr(cfg, run)
         run.fixed_x_T = same_shape_or(ckpt.get('fixed_x_T'), run.fixed_x_T)
         run.start = ckpt['step'] + 1
         if run.is_main:
@@ -259,15 +260,20 @@ def restore(cfg, run):
                 set_rng_state(ckpt['rng'])
             else:
                 torch.manual_seed(cfg.seed + run.rank + run.start)
-    elif cfg.finetune:
-        path = ckpt_path(run.pretrained_dir, cfg.ckpt_step)
+    elif warm is not None:
+        if run.first_step >= run.end_step:
+            raise UserError(f'--ckpt_step {warm}: a warm start trains up to --total_steps '
+                            f'{cfg.total_steps} (step numbers of the run it continues); raise '
+                            f'--total_steps above {warm + 1}')
+        path = ckpt_path(run.pretrained_dir if cfg.finetune else run.out_dir, warm)
         ckpt = load_checkpoint(path)
-        load_training_state(ckpt, path, *state)
+        start_from_ema(run, ckpt, path)
         run.fixed_x_T = same_shape_or(ckpt.get('fixed_x_T'), run.fixed_x_T)
         if run.is_main:
-            print(f'fine-tuning {path}: steps {run.first_step}..{run.end_step - 1} into '
-                  f'{run.out_dir}')
-    if resumed or cfg.finetune:
+            what = 'fine-tuning' if cfg.finetune else 'warm start from'
+            print(f'{what} {path} (its EMA weights, new Adam and warm-up, lr {cfg.lr}): steps '
+                  f'{run.first_step}..{run.end_step - 1} into {run.out_dir}')
+    if resumed or warm is not None:
         run.last_saved, run.last_saved_path = run.start - 1, path
 
 
@@ -291,7 +297,7 @@ def build_loop(cfg, run, flags_text):
     run.trainer = GaussianDiffusionTrainer(
         model, cfg.beta_1, cfg.beta_T, cfg.T, num_class=run.num_class, cfg=cfg.cfg, cb=cfg.cb,
         tau=cfg.tau, weight=run.dataset.class_weights, finetune=cfg.finetune).to(run.device)
-    run.sampler = build_sampler(cfg, run.ema_model, run.num_class).to(run.device)
+    run.sampler = build_sampler(cfg, run.ema_model, run.num_class, 'grid').to(run.device)
     run.augment = AugmentPipe() if cfg.augm else None
     loader = DataLoader(
         run.dataset, num_workers=cfg.num_workers, pin_memory=run.device.type == 'cuda',

@@ -1,6 +1,6 @@
-"""Tests for dataset.py: CIFAR layout and long-tailed subsets, digits, image lists, AugmentPipe."""
+"""Tests for dataset.py: CIFAR layout and long-tailed subsets, digits, image lists (AugmentPipe:
+test_augment.py)."""
 import json
-import math
 import os
 import sys
 
@@ -11,7 +11,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dataset as D  # noqa: E402
-from augment import AugmentPipe  # noqa: E402
 from utils import UserError  # noqa: E402
 
 
@@ -162,8 +161,8 @@ def test_bad_imb_factor(imb, tmp_path):
 
 
 def test_unknown_data_type():
-    with pytest.raises(UserError, match='--data_type.*cifar10, cifar100, .*inat2018'):
-        D.build_dataset('mnist', '.')
+    with pytest.raises(UserError, match='--data_type.*cifar10, cifar100, .*inat2018, imagefolder'):
+        D.build_dataset('svhn', '.')          # (mnist is a data type since MNIST-LT)
     with pytest.raises(UserError, match='--data_type'):
         D.num_classes('svhn')
 
@@ -307,64 +306,116 @@ def test_inat2018(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# AugmentPipe
+# ImageFolder (--data_type imagefolder --root DIR --test_root DIR)
 
-def _batch(b=4, h=16, w=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(b, 3, h, w, generator=g) * 2 - 1
-
-
-def test_augment_identity_and_flip():
-    x = _batch()
-    y, augm = AugmentPipe(p=0.0, xflip_p=0.0)(x)
-    assert torch.allclose(y, x, atol=1e-5) and augm.shape == (4, 9)
-    assert torch.count_nonzero(augm) == 0
-    y, augm = AugmentPipe(p=0.0, xflip_p=1.0)(x)
-    assert torch.allclose(y, x.flip(-1), atol=1e-5)
-    assert (augm[:, 0] == 1).all() and torch.count_nonzero(augm[:, 1:]) == 0
-
-
-def test_augment_integer_translation():
-    x = _batch(b=2, h=16, w=20)
-    pipe = AugmentPipe()
-    zeros = torch.zeros(2)
-    params = {k: zeros for k in ('xflip', 'yflip', 'log_s', 'rot', 'log_a', 'phi')}
-    params.update(tx=torch.tensor([3 / 20, -2 / 20]), ty=torch.tensor([2 / 16, 0.0]))
-    y = pipe.apply(x, params)
-    # image 0: content moves 3 px right and 2 px down; image 1: 2 px left
-    assert torch.allclose(y[0, :, 2:, 3:], x[0, :, :-2, :-3], atol=1e-4)
-    assert torch.allclose(y[1, :, :, :-2], x[1, :, :, 2:], atol=1e-4)
-    enc = pipe.encode(params)
-    assert torch.allclose(enc[:, 7], params['tx']) and torch.allclose(enc[:, 8], params['ty'])
+def _image_folder(root, files):
+    """Image files (and non-images) under `root`: {relative path: 'PNG' | 'JPEG' | None (text)}."""
+    from PIL import Image
+    rng = np.random.RandomState(1)
+    for i, (name, fmt) in enumerate(files.items()):
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if fmt is None:
+            with open(path, 'w') as f:
+                f.write('not an image')
+            continue
+        arr = rng.randint(0, 256, size=(12 + 2 * i, 10 + i, 3)).astype(np.uint8)
+        Image.fromarray(arr).save(path, format=fmt)
 
 
-def test_augment_full_pipe_properties():
-    x = _batch(b=64, h=16, w=16)
-    pipe = AugmentPipe(p=0.5)
-    y1, a1 = pipe(x, generator=torch.Generator().manual_seed(3))
-    y2, a2 = pipe(x, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(y1, y2) and torch.equal(a1, a2)
-    assert y1.shape == x.shape and y1.dtype == x.dtype and y1.device == x.device
-    assert a1.shape == (64, 9) and a1.dtype == torch.float32 and torch.isfinite(y1).all()
-    assert set(a1[:, 0].tolist()) <= {0.0, 1.0} and set(a1[:, 1].tolist()) <= {0.0, 1.0}
-    rot_on = a1[:, 4] != 0
-    assert 0 < rot_on.sum() < 64
-    # cos(rot) - 1 and sin(rot) lie on the unit circle shifted by -1
-    assert torch.allclose((a1[:, 3] + 1) ** 2 + a1[:, 4] ** 2, torch.ones(64), atol=1e-5)
-    assert y1.abs().max() <= 1  # bicubic overshoot is clamped
-    # half-precision input keeps its dtype
-    yh, _ = pipe(x.half(), generator=torch.Generator().manual_seed(3))
-    assert yh.dtype == torch.float16
+# class folders sort as ImageFolder sorts them: 'Dog' < 'cat' < 'eel'; the eel images sit in a
+# subfolder (ImageFolder walks class folders recursively); text files are not images
+TRAIN_FILES = {**{f'cat/{i}.png': 'PNG' for i in range(5)},
+               **{f'Dog/{i}.JPG': 'JPEG' for i in range(3)},
+               'eel/deep/0.jpeg': 'JPEG', 'cat/notes.txt': None, 'README.txt': None}
+TEST_FILES = {f'{c}/t{i}.png': 'PNG' for c in ('cat', 'Dog', 'eel') for i in range(2)}
 
 
-def test_augment_rotation_quarter_turn():
-    x = _batch(b=1, h=12, w=12)
-    zeros = torch.zeros(1)
-    params = {k: zeros for k in ('xflip', 'yflip', 'log_s', 'log_a', 'phi', 'tx', 'ty')}
-    params['rot'] = torch.tensor([math.pi / 2])
-    y = AugmentPipe().apply(x, params)
-    # positive rotation turns the content clockwise on screen (x right, y down)
-    assert torch.allclose(y, torch.rot90(x, k=-1, dims=(-2, -1)), atol=1e-4)
+@pytest.fixture
+def image_folders(tmp_path):
+    train, test = tmp_path / 'train', tmp_path / 'test'
+    _image_folder(str(train), TRAIN_FILES)
+    _image_folder(str(test), TEST_FILES)
+    return str(train), str(test)
+
+
+def test_imagefolder_reads_what_torchvision_imagefolder_reads(image_folders):
+    from torchvision.datasets import ImageFolder
+    train, test = image_folders
+    ds = D.build_dataset('imagefolder', train, img_size=8, imb_factor=0.01)
+    ref = ImageFolder(train)                           # the same classes, files and labels
+    assert ds.classes == ref.classes == ['Dog', 'cat', 'eel']
+    assert ds.paths == [p for p, _ in ref.samples] and ds.targets.tolist() == ref.targets
+    # used as it is (already long-tailed): --imb_factor does not subsample it
+    assert ds.class_counts.tolist() == [3, 5, 1] and ds.num_class == 3 and ds.hflip
+    assert not any(p.endswith('.txt') for p in ds.paths)
+    for i in range(len(ds)):
+        x, y = D.build_dataset('imagefolder', train, img_size=8, hflip=False)[i]
+        assert x.shape == (3, 8, 8) and x.dtype == torch.float32 and y == ds.targets[i]
+        assert torch.allclose(x, D.load_image(ds.paths[i], 8) * 2 - 1)   # centre crop, resize
+    assert D.num_classes('imagefolder', train) == 3 and D.allows_hflip('imagefolder')
+    t = D.build_test_dataset('imagefolder', train, img_size=8, test_root=test)
+    assert t.class_counts.tolist() == [2, 2, 2] and t.classes == ds.classes and not t.hflip
+    assert t.paths == [p for p, _ in ImageFolder(test).samples]
+    assert D.build_dataset('imagefolder', train, 8, train=False, test_root=test).paths == t.paths
+    # FID statistics: the balanced test folder by default, the training folder on request
+    assert D.reference_split('imagefolder') == 'test'
+    assert D.build_reference_dataset('imagefolder', train, 8, test_root=test).paths == t.paths
+    tr = D.build_reference_dataset('imagefolder', train, 8, split='train', test_root=test)
+    assert tr.paths == ds.paths and not tr.hflip
+
+
+def test_imagefolder_errors(image_folders, tmp_path):
+    train, test = image_folders
+    with pytest.raises(UserError, match=r"--root '.*nowhere': no such folder"):
+        D.build_dataset('imagefolder', str(tmp_path / 'nowhere'))
+    with pytest.raises(UserError, match="--root '': no such folder"):
+        D.num_classes('imagefolder', '')
+    flat = tmp_path / 'flat'
+    _image_folder(str(flat), {'a.png': 'PNG'})
+    with pytest.raises(UserError, match='--root .*flat: no class subfolders'):
+        D.build_dataset('imagefolder', str(flat))
+    (tmp_path / 'train' / 'fox').mkdir()
+    (tmp_path / 'train' / 'fox' / 'x.txt').write_text('no image')
+    with pytest.raises(UserError, match='--root .*train: class folder.* without images: fox'):
+        D.build_dataset('imagefolder', train)
+    (tmp_path / 'train' / 'fox' / 'x.txt').unlink()
+    (tmp_path / 'train' / 'fox').rmdir()
+    with pytest.raises(UserError, match='--test_root: not set'):
+        D.build_test_dataset('imagefolder', train, 8)
+    with pytest.raises(UserError, match='--test_root .*missing'):
+        D.build_test_dataset('imagefolder', train, 8, test_root=str(tmp_path / 'missing'))
+    os.rename(os.path.join(test, 'eel'), os.path.join(test, 'fox'))
+    with pytest.raises(UserError, match='--test_root .*missing: eel; not in --root: fox'):
+        D.build_test_dataset('imagefolder', train, 8, test_root=test)
+
+
+def test_imagefolder_classify_and_make_stats_end_to_end(image_folders, tmp_path):
+    from fakedata import write_random_inception
+    from helpers import run_main
+    train, test = image_folders
+    data = ['--data_type=imagefolder', f'--root={train}', '--img_size=8']
+    logdir = tmp_path / 'cls'
+    args = ['--classify', *data, '--cls_arch=cnn', '--cls_epochs=2', '--cls_batch_size=4',
+            '--cls_warmup=0', '--cls_eval_every=0', '--num_workers=0']
+    out = run_main(*args, f'--logdir={logdir}')            # no --test_root: one line, no folder
+    assert out.returncode == 2 and out.stderr.strip().count('\n') == 0, out.stderr[-2000:]
+    assert '--test_root' in out.stderr and not logdir.exists()
+    out = run_main(*args, f'--test_root={test}', f'--logdir={logdir}')
+    assert out.returncode == 0, out.stderr[-3000:]
+    rec = json.loads((logdir / 'eval.jsonl').read_text().splitlines()[-1])
+    assert rec['data_type'] == 'imagefolder' and rec['test_images'] == 6
+    assert rec['root'] == train and rec['test_root'] == test
+    rows = (logdir / 'per_class.csv').read_text().splitlines()[1:]
+    assert [int(r.split(',')[1]) for r in rows] == [3, 5, 1]
+    write_random_inception(tmp_path / 'torch_home')
+    cache = tmp_path / 'stats' / 'folder.test.npz'
+    out = run_main('--make_stats', *data, f'--test_root={test}', '--ref_split=test',
+                   f'--fid_cache={cache}', '--batch_size=6', '--num_workers=0',
+                   env={'TORCH_HOME': str(tmp_path / 'torch_home')})
+    assert out.returncode == 0, out.stderr[-3000:]
+    feats = np.load(tmp_path / 'stats' / 'folder.test_feats.npz')
+    assert feats['feats'].shape == (6, 2048) and feats['labels'].tolist() == [0, 0, 1, 1, 2, 2]
 
 
 def test_python2_style_str_keys(tmp_path):
@@ -375,10 +426,3 @@ def test_python2_style_str_keys(tmp_path):
     _dump(str(folder / 'train'), {'data': _fake_images(labels, 8), 'fine_labels': labels.tolist()})
     ds = D.build_dataset('cifar100lt', str(tmp_path), imb_factor=0.5)
     assert ds.class_counts.tolist() == [int(2 * 0.5 ** (i / 99)) for i in range(100)]
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-def test_augment_on_cuda():
-    x = _batch().cuda()
-    y, augm = AugmentPipe(p=0.5)(x, generator=torch.Generator('cuda').manual_seed(0))
-    assert y.device == x.device and augm.device == x.device and y.shape == x.shape

@@ -6,6 +6,12 @@ model (ch 32, two levels, one res block), T (10), the step counts (divided by 10
 rounded up, so the checkpoints the evaluation commands name exist: step 200,000 -> 2, 250,000 -> 3),
 --num_images (100) and --root
 (tiny CIFAR-100 files in the real format). --parallel, the flagfile and --batch_size stay.
+
+Beyond the files each command writes, the tests check that its switches did something: --cb
+trains with a non-zero regulariser (logged), --augm feeds non-zero conditioning to the
+augmentation embedding, --finetune starts from the pretrained run's EMA weights. The seed README
+is vendored as tests/data/seed_readme.md (checked against ../shared/seed when present), so the
+commands are always compared with it.
 """
 import csv
 import json
@@ -17,12 +23,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from checkpoint import load_checkpoint
 from fakedata import write_cifar100, write_random_inception
+from helpers import event_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEED_README = os.path.join(ROOT, '..', 'shared', 'seed', '000_5df612c09b13ef5e.txt')
+SEED_README = os.path.join(ROOT, 'tests', 'data', 'seed_readme.md')
+SHARED_SEED_README = os.path.join(ROOT, '..', 'shared', 'seed', '000_5df612c09b13ef5e.txt')
 
 TRAIN_DDPM = """python main.py --train  \\
         --flagfile ./config/cifar100.txt --parallel \\
@@ -180,6 +190,45 @@ def test_training_commands(trained):
     assert '--finetune' in flagfile and '--batch_size=48' in flagfile
 
 
+def test_cb_trains_with_the_regulariser(trained):
+    """--cb logs a non-zero class-balancing loss at step 0; --cfg alone logs exactly zero."""
+    tmp, _, _ = trained
+    logs = tmp / 'logs'
+    cbdm = dict(event_scalars(logs / 'cifar100lt_ltdm')['loss_reg'])
+    ddpm = dict(event_scalars(logs / 'cifar100lt_ddpm')['loss_reg'])
+    assert cbdm[0] > 0 and ddpm[0] == 0
+
+
+def test_augm_feeds_the_augmentation_embedding(trained):
+    """With --augm the conditioning vectors are non-zero, so the augmentation embedding gets a
+    gradient: Adam's first moment of its weight is non-zero (a zero conditioning gives it an
+    exactly zero gradient, hence an exactly zero moment). The moment, not the weight: in the
+    first steps of the warm-up the UNet's gain-1e-5 output layer makes the embeddings' updates
+    smaller than a float32 ulp of their values."""
+    tmp, _, _ = trained
+    ckpt = load_checkpoint(str(tmp / 'logs' / 'cifar100lt_ltdm_augm' / 'ckpt_5.pt'))
+    names = list(ckpt['net_model'])          # the UNet has no buffers: parameters in order
+    moment = ckpt['optim']['state'][names.index('augm_embedding.weight')]['exp_avg']
+    assert moment.abs().max() > 0 and moment.shape == (128, 9)
+    no_augm = load_checkpoint(str(tmp / 'logs' / 'cifar100lt_ltdm' / 'ckpt_1.pt'))['net_model']
+    assert 'augm_embedding.weight' not in no_augm
+
+
+def test_finetune_starts_from_the_pretrained_ema(trained):
+    """The fine-tuning run's first step (200,001 -> 3 here) trains at learning rate 0 (a new
+    warm-up), so its network and EMA are the DDPM run's EMA weights of ckpt 200,000 (-> 2)
+    exactly, not its raw weights."""
+    tmp, _, _ = trained
+    logs = tmp / 'logs'
+    pretrained = load_checkpoint(str(logs / 'cifar100lt_ddpm' / 'ckpt_2.pt'))
+    first = load_checkpoint(str(logs / 'cifar100lt_ltdm_finetune' / 'ckpt_3.pt'))
+    for key, value in pretrained['ema_model'].items():
+        assert torch.equal(first['net_model'][key], value), key
+        assert torch.equal(first['ema_model'][key], value), key
+    assert any(not torch.equal(pretrained['net_model'][k], v)
+               for k, v in pretrained['ema_model'].items())
+
+
 @pytest.mark.parametrize('run', list(EVALS))
 def test_evaluation_commands(trained, run):
     tmp, env, _ = trained
@@ -217,7 +266,15 @@ def test_commands_are_the_readmes(command):
     ours = [normalised(line) for block in blocks
             for line in re.split(r'\n(?=python )', re.sub(r'#[^\n]*\n', '', block))]
     assert normalised(command) in ours
-    if os.path.isfile(SEED_README):
-        seed = open(SEED_README).read()
-        seed_blocks = [normalised(b) for b in re.findall(r'```\n(.*?)```', seed, flags=re.S)]
-        assert normalised(command) in seed_blocks
+    seed = open(SEED_README).read()
+    seed_blocks = [normalised(b) for b in re.findall(r'```\n(.*?)```', seed, flags=re.S)]
+    assert normalised(command) in seed_blocks
+
+
+def test_vendored_seed_readme_is_the_shared_one():
+    """tests/data/seed_readme.md is a copy of the seed README; where the shared folder is at
+    hand (a developer's checkout) it must be identical to it."""
+    text = open(SEED_README).read()
+    assert 'python main.py --train' in text and '--finetune' in text
+    if os.path.isdir(os.path.dirname(SHARED_SEED_README)):
+        assert open(SHARED_SEED_README).read() == text
