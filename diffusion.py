@@ -1,4 +1,4 @@
-"""Gaussian diffusion: the CBDM training objective and the DDPM / DDIM / fast ODE samplers.
+"""Gaussian diffusion: the CBDM training objective and the DDPM / DDIM / fast samplers.
 
 Notation follows Ho et al. (2020): betas (T), alphas = 1 - betas, alphas_bar = cumprod(alphas),
 x_t = sqrt(alphas_bar_t) x_0 + sqrt(1 - alphas_bar_t) eps. Time indices t are 0-based (0..T-1).
@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samplers import SOLVER_SPACINGS, make_scheduler, resolve_spacing, solve
+from samplers import (SOLVER_SPACINGS, make_scheduler, resolve_spacing, set_timesteps, solve,
+                      standard_noise)
 
 NO_LABEL = -1
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -125,6 +126,20 @@ class GaussianDiffusionTrainer(nn.Module):
         return out.chunk(2)
 
 
+class EMA:
+    """Exponential moving average of every floating tensor of the state_dict, in place."""
+
+    def __init__(self, ema_model, model):
+        floats = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+        src, dst = model.state_dict(), ema_model.state_dict()
+        self.src = [src[k] for k in floats]
+        self.dst = [dst[k] for k in floats]
+
+    @torch.no_grad()
+    def update(self, decay):
+        torch._foreach_lerp_(self.dst, self.src, 1.0 - decay)
+
+
 def timestep_subsequence(T, steps, skip_type='quad'):
     """`steps` increasing time indices in [0, T), always starting at 0.
 
@@ -148,7 +163,8 @@ def timestep_subsequence(T, steps, skip_type='quad'):
 
 
 class GaussianDiffusionSampler(nn.Module):
-    """Ancestral DDPM over all T steps (default), DDIM, DPM-Solver++(2M) or UniPC in fewer steps.
+    """Ancestral DDPM over all T steps (default), DDIM, DPM-Solver++(2M) (ODE or SDE) or UniPC
+    in fewer steps.
 
     Args:
         model, beta_1, beta_T, T: as for training.
@@ -156,23 +172,42 @@ class GaussianDiffusionSampler(nn.Module):
         img_size: H = W of generated images.
         var_type: 'fixedlarge' (betas, first entry the posterior variance) or 'fixedsmall'
             (the clipped posterior variance); DDPM only.
-        sampler: 'ddpm', 'ddim' (ours), 'dpm++2m' or 'unipc' (diffusers' schedulers, samplers.py).
+        sampler: 'ddpm', 'ddim' (ours), 'dpm++2m', 'dpm++2m-sde' or 'unipc' (diffusers'
+            schedulers, samplers.py; 'dpm++2m-sde' is diffusers' stochastic sde-dpmsolver++).
         sample_steps: steps of every sampler but DDPM, in [1, T] (default T).
-        eta: DDIM stochasticity (0 deterministic, 1 ancestral-like); must be 0 for dpm++2m, unipc.
+        eta: DDIM stochasticity (0 deterministic, 1 ancestral-like); must be 0 for the diffusers
+            solvers (dpm++2m-sde has its own noise).
         skip_type: DDIM step spacing ('quad', 'uniform'), used when `spacing` is 'auto'.
         spacing: step spacing, 'auto' (each sampler's best on the Gaussian oracle) or one of
-            samplers.SPACINGS[sampler]: ddim 'quad' / 'uniform'; dpm++2m 'default' / 'karras' /
-            'lu' / 'exponential'; unipc 'default' / 'karras' / 'exponential'; ddpm only 'auto'.
+            samplers.SPACINGS[sampler]: ddim 'quad' / 'uniform'; dpm++2m and dpm++2m-sde
+            'default' / 'karras' / 'lu' / 'exponential'; unipc 'default' / 'karras' /
+            'exponential'; ddpm only 'auto'.
         batched: evaluate the two guidance passes as one batched forward.
         amp: 'none', 'bf16' or 'fp16' autocast for the network.
+        clip_denoised: clip the x0 prediction to [-1, 1] at every step, inside the loop: DDPM
+            takes the posterior mean of the clipped x0 (guided-diffusion's p_mean_variance with
+            clip_denoised), DDIM re-derives eps from the clipped x0 before its update
+            (guided-diffusion's ddim_sample), the diffusers solvers threshold their data
+            prediction at 1, which is the same clip (samplers.py says why).
+        clip_output: clip the result to the image range [-1, 1] (False for unbounded data, e.g.
+            the standardised feature vectors of recognition.feature_diffusion).
     Forward:
-        x_T: B x 3 x H x W standard normal. Returns (x_0 clipped to [-1, 1], labels B int64, or
-        None for 'uncond' without given labels).
+        x_T: B x 3 x H x W standard normal, or with start_t the state x_t at time index start_t.
+        omega, method: guidance strength, 'cfg' / 'cond' / 'uncond'.
+        y: B int64 labels, or None (drawn uniformly; None stays None for 'uncond').
+        noise: a samplers.ImageNoise for the batch: every stochastic step draws its noise from
+            it, image by image (batch-size independent); None draws from torch's global RNG.
+        start_t: SDEdit start, a time index in [0, T): run only the steps from start_t down.
+            DDPM runs t = start_t .. 0; DDIM and the solvers run start_t itself and then the
+            steps of their full run below it. A start_t at or above the full run's first step
+            (T - 1 always is) runs the full run, x_T standing for the state at its first step.
+        Returns (x_0, clipped to [-1, 1] unless `clip_output` is False, labels B int64, or None
+        for 'uncond' without labels).
     """
 
     def __init__(self, model, beta_1, beta_T, T, num_class, img_size=32, var_type='fixedlarge',
                  sampler='ddpm', sample_steps=None, eta=0.0, skip_type='quad', batched=True,
-                 amp='none', spacing='auto'):
+                 amp='none', spacing='auto', clip_denoised=False, clip_output=True):
         super().__init__()
         if var_type not in ('fixedlarge', 'fixedsmall'):
             raise ValueError(f'unknown var_type {var_type}')
@@ -183,7 +218,8 @@ class GaussianDiffusionSampler(nn.Module):
         if sampler != 'ddpm' and not 1 <= self.sample_steps <= T:
             raise ValueError(f'sample_steps must be in [1, {T}], got {self.sample_steps}')
         if sampler in SOLVER_SPACINGS and eta != 0:
-            raise ValueError(f'eta applies to ddim only; {sampler} is deterministic (eta 0)')
+            raise ValueError(f'eta applies to ddim only; {sampler} takes eta 0 (dpm++2m and '
+                             f'unipc are deterministic, dpm++2m-sde has its own noise)')
         self.model = model
         self.T = T
         self.num_class = num_class
@@ -194,8 +230,11 @@ class GaussianDiffusionSampler(nn.Module):
         self.skip_type = self.spacing if sampler == 'ddim' else skip_type
         self.batched = batched
         self.amp = amp
+        self.clip_denoised = bool(clip_denoised)
+        self.clip_output = clip_output
         # built once: diffusers schedulers are stateful per run but reset by set_timesteps
-        self.scheduler = (make_scheduler(sampler, linear_betas(beta_1, beta_T, T), self.spacing)
+        self.scheduler = (make_scheduler(sampler, linear_betas(beta_1, beta_T, T), self.spacing,
+                                         self.clip_denoised)
                           if sampler in SOLVER_SPACINGS else None)
 
         betas = linear_betas(beta_1, beta_T, T)
@@ -219,6 +258,46 @@ class GaussianDiffusionSampler(nn.Module):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float())
+
+    # --- what a run does --------------------------------------------------------------------
+    def timesteps(self, start_t=None):
+        """The time indices at which a run calls the network, in order (list of ints)."""
+        self.check_start(start_t)
+        if self.sampler == 'ddpm':
+            return list(range(self.T - 1 if start_t is None else start_t, -1, -1))
+        if self.sampler == 'ddim':
+            steps = timestep_subsequence(self.T, self.sample_steps, self.skip_type)[::-1].tolist()
+            if start_t is None or start_t >= steps[0]:
+                return steps
+            below = [s for s in steps if s <= start_t]
+            return below if below and below[0] == start_t else [start_t] + below
+        return set_timesteps(self.scheduler, self.sample_steps, start_t)
+
+    def settings(self, method='cfg', omega=0.0, start_t=None):
+        """The sampler's settings as a record: sampler, sample_steps (T for ddpm), spacing,
+        eta (DDIM's; None for the others), clip_denoised and nfe_per_image, the network
+        evaluations per image of a run (its actual steps, zero-length ones dropped, and 2 per
+        step when 'cfg' guidance with omega > 0 evaluates the conditional and unconditional
+        network, batched or not)."""
+        guided = method == 'cfg' and omega > 0
+        return {'sampler': self.sampler,
+                'sample_steps': self.T if self.sampler == 'ddpm' else self.sample_steps,
+                'spacing': self.spacing,
+                'eta': float(self.eta) if self.sampler == 'ddim' else None,
+                'clip_denoised': self.clip_denoised,
+                'nfe_per_image': len(self.timesteps(start_t)) * (2 if guided else 1)}
+
+    def check_start(self, start_t):
+        if start_t is not None and not 0 <= start_t < self.T:
+            raise ValueError(f'start_t must be a time index in [0, {self.T}), got {start_t}')
+
+    def noise_to(self, x_0, start_t, noise):
+        """q_sample: the state at time index start_t of clean images x_0 (B x C x H x W in
+        [-1, 1]) with standard normal `noise` (same shape): sqrt(abar) x_0 + sqrt(1 - abar)
+        noise. The SDEdit start of forward(..., start_t=start_t)."""
+        self.check_start(start_t)
+        abar = self.alphas_bar[start_t]
+        return torch.sqrt(abar) * x_0 + torch.sqrt(1 - abar) * noise
 
     # --- the network, with guidance -------------------------------------------------------
     def predict_eps(self, x_t, t, y=None, omega=0.0, method='cfg'):
@@ -244,11 +323,23 @@ class GaussianDiffusionSampler(nn.Module):
         out = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), y=y_pair)
         return out.chunk(2)
 
-    # --- DDPM ---------------------------------------------------------------------------
     def predict_xstart_from_eps(self, x_t, t, eps):
         return (extract(self.sqrt_recip_alphas_bar, t, x_t.shape) * x_t -
                 extract(self.sqrt_recipm1_alphas_bar, t, x_t.shape) * eps)
 
+    def denoise(self, x_t, t, eps):
+        """(x0, eps) that DDPM and DDIM step with: the x0 prediction of eps at (x_t, t), and
+        with clip_denoised that x0 clipped to [-1, 1] and the eps that x_t and the clipped x0
+        imply (guided-diffusion's _predict_eps_from_xstart). B x C x H x W each."""
+        x_0 = self.predict_xstart_from_eps(x_t, t, eps)
+        if not self.clip_denoised:
+            return x_0, eps
+        x_0 = x_0.clamp(-1, 1)
+        eps = ((extract(self.sqrt_recip_alphas_bar, t, x_t.shape) * x_t - x_0) /
+               extract(self.sqrt_recipm1_alphas_bar, t, x_t.shape))
+        return x_0, eps
+
+    # --- DDPM ---------------------------------------------------------------------------
     def q_mean_variance(self, x_0, x_t, t):
         """Mean and log variance of the posterior q(x_{t-1} | x_t, x_0)."""
         posterior_mean = (extract(self.posterior_mean_coef1, t, x_t.shape) * x_0 +
@@ -262,24 +353,32 @@ class GaussianDiffusionSampler(nn.Module):
                          else self.posterior_log_var_clipped)
         model_log_var = extract(log_var_table, t, x_t.shape)
         eps = self.predict_eps(x_t, t, y, omega, method)
-        x_0 = self.predict_xstart_from_eps(x_t, t, eps)
+        x_0, _ = self.denoise(x_t, t, eps)
         model_mean, _ = self.q_mean_variance(x_0, x_t, t)
         return model_mean, model_log_var
 
+    def ddpm_step(self, x_t, t, y, omega, method, noise=None, final=False):
+        """One ancestral step from time index t (all entries equal) to t - 1; the mean alone at
+        the final step (t = 0)."""
+        mean, log_var = self.p_mean_variance(x_t, t, y, omega, method)
+        if final:
+            return mean
+        return mean + torch.exp(0.5 * log_var) * standard_noise(noise, x_t)
+
     # --- DDIM ---------------------------------------------------------------------------
-    def ddim_step(self, x_t, t, t_prev, y, omega, method):
+    def ddim_step(self, x_t, t, t_prev, y, omega, method, noise=None):
         """One DDIM update from time index t to t_prev (-1 means the clean image)."""
         eps = self.predict_eps(x_t, t, y, omega, method)
-        abar = extract(self.alphas_bar, t, x_t.shape)
-        x_0 = (x_t - torch.sqrt(1 - abar) * eps) / torch.sqrt(abar)
+        x_0, eps = self.denoise(x_t, t, eps)
         if t_prev[0] < 0:
             return x_0
+        abar = extract(self.alphas_bar, t, x_t.shape)
         abar_prev = extract(self.alphas_bar, t_prev, x_t.shape)
         sigma = self.eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
         direction = torch.sqrt((1 - abar_prev - sigma ** 2).clamp(min=0)) * eps
         x_prev = torch.sqrt(abar_prev) * x_0 + direction
         if self.eta > 0:
-            x_prev = x_prev + sigma * torch.randn_like(x_t)
+            x_prev = x_prev + sigma * standard_noise(noise, x_t)
         return x_prev
 
     # --- the loop -----------------------------------------------------------------------
@@ -287,28 +386,28 @@ class GaussianDiffusionSampler(nn.Module):
         return torch.randint(0, self.num_class, (batch_size,), device=device)
 
     @torch.no_grad()
-    def forward(self, x_T, omega=0.0, method='cfg', y=None):
+    def forward(self, x_T, omega=0.0, method='cfg', y=None, noise=None, start_t=None):
         if method not in ('cfg', 'cond', 'uncond'):
             raise ValueError(f'unknown sample method {method}')
+        self.check_start(start_t)
         if method != 'uncond' and y is None:
             y = self.draw_labels(x_T.shape[0], x_T.device)
         y_model = None if method == 'uncond' else y
+        if self.scheduler is not None:
+            x_0 = solve(self.scheduler, self.sample_steps, self.predict_eps, x_T, y_model, omega,
+                        method, noise, start_t)
+            return self.output(x_0), y
+        steps = self.timesteps(start_t)
         x_t = x_T
-        if self.sampler == 'ddpm':
-            for time_step in reversed(range(self.T)):
-                t = x_t.new_full((x_T.shape[0],), time_step, dtype=torch.long)
-                mean, log_var = self.p_mean_variance(x_t, t, y_model, omega, method)
-                if time_step > 0:
-                    x_t = mean + torch.exp(0.5 * log_var) * torch.randn_like(x_t)
-                else:
-                    x_t = mean
-        elif self.sampler == 'ddim':
-            steps = timestep_subsequence(self.T, self.sample_steps, self.skip_type)[::-1].tolist()
-            for time_step, prev_step in zip(steps, steps[1:] + [-1]):
-                t = x_t.new_full((x_T.shape[0],), time_step, dtype=torch.long)
+        for time_step, prev_step in zip(steps, steps[1:] + [-1]):
+            t = x_t.new_full((x_T.shape[0],), time_step, dtype=torch.long)
+            if self.sampler == 'ddpm':
+                x_t = self.ddpm_step(x_t, t, y_model, omega, method, noise, time_step == 0)
+            else:
                 t_prev = x_t.new_full((x_T.shape[0],), prev_step, dtype=torch.long)
-                x_t = self.ddim_step(x_t, t, t_prev, y_model, omega, method)
-        else:
-            x_t = solve(self.scheduler, self.sample_steps, self.predict_eps, x_T, y_model, omega,
-                        method)
-        return torch.clip(x_t, -1, 1), y
+                x_t = self.ddim_step(x_t, t, t_prev, y_model, omega, method, noise)
+        return self.output(x_t), y
+
+    def output(self, x_0):
+        """The sampled x_0 as returned: clipped to [-1, 1] with `clip_output`, float32."""
+        return torch.clip(x_0, -1, 1) if self.clip_output else x_0.float()

@@ -8,6 +8,8 @@ import torch
 
 from diffusion import GaussianDiffusionSampler
 from model import UNet
+from samplers import resolve
+from utils import UserError
 
 
 def attn_levels(attn):
@@ -22,15 +24,35 @@ def build_model(cfg, num_class):
                 augm=cfg.augm, num_class=num_class)
 
 
-def build_sampler(cfg, model, num_class):
-    """The sampler of the flags (schedule, var_type, sampler, sample_steps, eta, spacing, amp)
-    over `model`, compiled with --compile."""
+def sampler_settings(cfg, use):
+    """The samplers.SamplerSettings that the flags (--sampler, --sample_steps, --spacing, --eta,
+    --clip_denoised, --skip_type, --T) give `use` ('eval', 'grid', 'sample', 'synthetic'; an
+    unset --sampler or --clip_denoised takes the use's default, samplers.USE_DEFAULTS)."""
+    try:
+        return resolve(cfg.sampler, cfg.sample_steps, cfg.spacing, cfg.eta, cfg.clip_denoised,
+                       use, skip_type=cfg.skip_type, T=cfg.T)
+    except ValueError as e:
+        raise UserError(f'--sampler / --spacing: {e}') from None
+
+
+def build_sampler(cfg, model, num_class, use):
+    """The sampler of the flags (schedule, var_type, amp and the sampler settings of `use`,
+    see sampler_settings) over `model`, compiled with --compile. `--sampler auto` prints what it
+    resolved to."""
+    settings = sampler_settings(cfg, use)
+    if settings.auto:
+        print(f'--sampler auto ({use}): {settings.describe()} (samplers.RECOMMENDED)')
     if cfg.compile:
         model = compile_model(model)
-    return GaussianDiffusionSampler(
-        model, cfg.beta_1, cfg.beta_T, cfg.T, num_class, img_size=cfg.img_size,
-        var_type=cfg.var_type, sampler=cfg.sampler, sample_steps=cfg.sample_steps, eta=cfg.eta,
-        skip_type=cfg.skip_type, spacing=cfg.spacing, amp=cfg.amp)
+    try:
+        return GaussianDiffusionSampler(
+            model, cfg.beta_1, cfg.beta_T, cfg.T, num_class, img_size=cfg.img_size,
+            var_type=cfg.var_type, sampler=settings.sampler, sample_steps=settings.sample_steps,
+            eta=settings.eta, skip_type=cfg.skip_type, spacing=settings.spacing, amp=cfg.amp,
+            clip_denoised=settings.clip_denoised)
+    except ValueError as e:  # e.g. a use's default sampler with --sample_steps > --T
+        raise UserError(f'--sampler {settings.sampler} ({use}): {e}; check --sample_steps, '
+                        f'--spacing, --eta') from None
 
 
 class CompileFallback(torch.nn.Module):

@@ -1,31 +1,55 @@
-"""Fast guided samplers: diffusers' multistep ODE solvers run on our own schedule and guided eps.
+"""Sampler settings, per-image noise and diffusers' multistep solvers on our schedule.
 
-A thin layer in the spirit of improved-diffusion's respace.py: the network, the guidance
-((1 + omega) eps(x, y) - omega eps(x)) and the batching stay in GaussianDiffusionSampler; this
-module only builds a diffusers scheduler from our betas and runs its loop on an eps predictor.
+Three things the sampler of diffusion.py builds on:
 
-Conventions (checked against the Gaussian oracle, tests/test_fast_samplers.py): diffusers'
-timesteps are 0-based indices into the same alphas_cumprod as our training, so the network is
-called with them unchanged; the scheduler's betas are ours (`trained_betas`), predictions are
-epsilon, nothing is clipped or thresholded inside the loop, and the last step lands on sigma = 0
-(the clean image). With karras, lu and exponential spacing diffusers places the sigmas on a
-continuous grid and hands the network the nearest (rounded; for exponential, truncated) integer
-timestep; making each sigma that of the integer timestep instead changed the oracle's errors by
-less than their step-to-step spread, so diffusers' grid is kept as it is.
+- Settings: which sampler, steps, spacing, eta and clipping a use gets. `USE_DEFAULTS` holds the
+  default of each use (--eval, the training grids, --sample, --classify's generated sets) for an
+  unset --sampler / --clip_denoised, `RECOMMENDED` the fast setting that `--sampler auto` stands
+  for, and `resolve` turns the flags and a use into one `SamplerSettings`.
+- Noise: `ImageNoise` draws x_T and every step's noise image by image, each image from its own
+  torch.Generator seeded from (seed, global image index), so that a sample is a pure function of
+  (seed, index, label, settings), whatever the batch size or the batch it falls in.
+- Solvers: a thin layer in the spirit of improved-diffusion's respace.py. The network, the
+  guidance ((1 + omega) eps(x, y) - omega eps(x)) and the batching stay in
+  GaussianDiffusionSampler; this module builds a diffusers scheduler from our betas and runs its
+  loop on an eps predictor.
 
-diffusers is imported on first use: it takes seconds to import and only these samplers need it.
+Solver conventions (checked against the Gaussian oracle, tests/test_fast_samplers.py):
+diffusers' timesteps are 0-based indices into the same alphas_cumprod as our training, so the
+network is called with them unchanged; the scheduler's betas are ours (`trained_betas`),
+predictions are epsilon, and the last step lands on sigma = 0 (the clean image). With karras, lu
+and exponential spacing diffusers places the sigmas on a continuous grid and hands the network
+the nearest (rounded; for exponential, truncated) integer timestep; making each sigma that of the
+integer timestep instead changed the oracle's errors by less than their step-to-step spread, so
+diffusers' grid is kept as it is.
+
+Clipping (`clip_denoised`) uses diffusers' `thresholding=True, sample_max_value=1.0`. In diffusers
+0.42 `_threshold_sample` computes s = quantile(|x0|, 0.995) per image, clamps s to
+[1, sample_max_value] = [1, 1], so s = 1, and returns clamp(x0, -s, s) / s: exactly x0 clipped to
+[-1, 1]. DPM-Solver++ ('dpmsolver++' and 'sde-dpmsolver++') applies it to its data prediction
+x0 in `convert_model_output`; UniPC does so only in its x0-prediction mode (`predict_x0=True`,
+which we set), where both its predictor and its corrector use that clipped x0.
+
+diffusers is imported on first use: it takes seconds to import and only these solvers need it.
 Nothing is downloaded: schedulers are built from arguments, without weights or config files.
 """
+import dataclasses
+
+import numpy as np
 import torch
 
-# spacing name -> diffusers scheduler flags, per solver
+# spacing name -> diffusers scheduler flags
+_DPM_SPACINGS = {
+    'default': {},  # diffusers' 'linspace' timesteps
+    'karras': {'use_karras_sigmas': True},
+    'lu': {'use_lu_lambdas': True},  # uniform in log-SNR (Lu et al.)
+    'exponential': {'use_exponential_sigmas': True},
+}
+# per solver; the SDE variant of DPM-Solver++ takes every spacing of the ODE one (diffusers'
+# set_timesteps does not depend on the algorithm type)
 SOLVER_SPACINGS = {
-    'dpm++2m': {
-        'default': {},  # diffusers' 'linspace' timesteps
-        'karras': {'use_karras_sigmas': True},
-        'lu': {'use_lu_lambdas': True},  # uniform in log-SNR (Lu et al.)
-        'exponential': {'use_exponential_sigmas': True},
-    },
+    'dpm++2m': _DPM_SPACINGS,
+    'dpm++2m-sde': _DPM_SPACINGS,
     'unipc': {
         'default': {},
         'karras': {'use_karras_sigmas': True},
@@ -33,15 +57,108 @@ SOLVER_SPACINGS = {
     },
 }
 # the best spacing of each sampler on the Gaussian oracle (README, "Fast samplers")
-AUTO_SPACING = {'ddpm': 'all', 'ddim': 'quad', 'dpm++2m': 'lu', 'unipc': 'exponential'}
+AUTO_SPACING = {'ddpm': 'all', 'ddim': 'quad', 'dpm++2m': 'lu', 'dpm++2m-sde': 'lu',
+                'unipc': 'exponential'}
 # valid --spacing values per sampler; 'auto' is valid everywhere
 SPACINGS = {
     'ddpm': ('auto',),
     'ddim': ('auto', 'quad', 'uniform'),
-    'dpm++2m': ('auto',) + tuple(SOLVER_SPACINGS['dpm++2m']),
-    'unipc': ('auto',) + tuple(SOLVER_SPACINGS['unipc']),
+    **{name: ('auto',) + tuple(spacings) for name, spacings in SOLVER_SPACINGS.items()},
 }
 SAMPLERS = tuple(SPACINGS)
+# samplers that take --eta (DDPM ignores it); the solvers need eta 0 (dpm++2m-sde draws its own
+# noise, as DDPM does)
+ETA_SAMPLERS = ('ddpm', 'ddim')
+
+# The recommended fast setting, what `--sampler auto` stands for. PROVISIONAL: stochastic DDIM,
+# which kept DDPM's quality on the digits demo model (README, "On a learned model"), until the
+# learned-model table (issue #16, item 4) decides.
+RECOMMENDED = {'sampler': 'ddim', 'sample_steps': 50, 'spacing': 'quad', 'eta': 1.0,
+               'clip_denoised': True}
+# What an unset --sampler / --clip_denoised means for each use. --eval keeps the paper's sampler
+# (DDPM over all T steps, unclipped x0) so the seed's commands reproduce it; grids and --sample
+# clip the x0 prediction (a small model's guided ODE drifts off [-1, 1] and a clip removes that
+# noise); --classify's generated sets take the recommended setting. PROVISIONAL where item 4's
+# measurements are pending.
+USE_DEFAULTS = {
+    'eval': {'sampler': 'ddpm', 'clip_denoised': False},
+    'grid': {'sampler': 'ddpm', 'clip_denoised': True},
+    'sample': {'sampler': 'ddpm', 'clip_denoised': True},
+    'synthetic': {'sampler': 'auto', 'clip_denoised': True},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """A resolved sampler setting: a concrete sampler (samplers.SAMPLERS), its steps (ignored by
+    ddpm), concrete spacing (never 'auto'), eta, whether the x0 prediction is clipped, the use it
+    was resolved for and whether it came from `--sampler auto`."""
+    sampler: str
+    sample_steps: int
+    spacing: str
+    eta: float
+    clip_denoised: bool
+    use: str = 'sample'
+    auto: bool = False
+
+    def describe(self):
+        """One line: 'ddim, 50 steps, quad spacing, eta 1, clip_denoised on'."""
+        steps = 'all T steps' if self.sampler == 'ddpm' else (
+            f'{self.sample_steps} steps, {self.spacing} spacing')
+        eta = f', eta {self.eta:g}' if self.sampler == 'ddim' else ''
+        return (f'{self.sampler}, {steps}{eta}, clip_denoised '
+                f'{"on" if self.clip_denoised else "off"}')
+
+    def tag(self):
+        """A file-name part: 'ddpm', 'ddpm_clip', 'ddim50quad_eta1_clip', 'dpm++2m-sde20lu'."""
+        name = self.sampler
+        if self.sampler != 'ddpm':
+            name += f'{self.sample_steps}{self.spacing}'
+        if self.sampler == 'ddim' and self.eta:
+            name += f'_eta{self.eta:g}'
+        return name + ('_clip' if self.clip_denoised else '')
+
+
+def use_defaults_text():
+    """USE_DEFAULTS in words, for --help: 'eval: ddpm, grid: ddpm clipped, ...'."""
+    return ', '.join(f'{use}: {d["sampler"]}{" clipped" if d["clip_denoised"] else ""}'
+                     for use, d in USE_DEFAULTS.items())
+
+
+def flag_samplers(sampler):
+    """The concrete samplers that --sampler `sampler` may run, for the checks of --sample_steps,
+    --spacing and --eta: the sampler itself; for None (unset) the default sampler of every use;
+    none for 'auto', which takes all its settings from RECOMMENDED."""
+    names = [d['sampler'] for d in USE_DEFAULTS.values()] if sampler is None else [sampler]
+    return sorted({name for name in names if name != 'auto'})
+
+
+def resolve(sampler, sample_steps, spacing, eta, clip_denoised, use, skip_type='quad', T=None):
+    """The settings that the flags give `use` (a key of USE_DEFAULTS).
+
+    sampler None means the use's default sampler; 'auto' takes sampler, steps (capped at T),
+    spacing, eta and clipping from RECOMMENDED whatever the other arguments say; clip_denoised
+    None means the use's default (RECOMMENDED's under 'auto'), True / False are always honoured.
+    spacing 'auto' becomes the sampler's concrete spacing (resolve_spacing). Raises ValueError
+    for an unknown use, sampler or spacing.
+    """
+    if use not in USE_DEFAULTS:
+        raise ValueError(f'unknown sampler use {use!r}; one of {", ".join(USE_DEFAULTS)}')
+    default = USE_DEFAULTS[use]
+    name = default['sampler'] if sampler is None else sampler
+    auto = name == 'auto'
+    if auto:
+        name, sample_steps = RECOMMENDED['sampler'], RECOMMENDED['sample_steps']
+        spacing, eta = RECOMMENDED['spacing'], RECOMMENDED['eta']
+        if T is not None:
+            sample_steps = min(sample_steps, T)
+        clip_default = RECOMMENDED['clip_denoised']
+    else:
+        clip_default = default['clip_denoised']
+    clip = clip_default if clip_denoised is None else bool(clip_denoised)
+    return SamplerSettings(sampler=name, sample_steps=sample_steps,
+                           spacing=resolve_spacing(name, spacing, skip_type), eta=float(eta),
+                           clip_denoised=clip, use=use, auto=auto)
 
 
 def resolve_spacing(sampler, spacing, skip_type='quad'):
@@ -53,6 +170,8 @@ def resolve_spacing(sampler, spacing, skip_type='quad'):
     """
     if sampler not in SPACINGS:
         raise ValueError(f'unknown sampler {sampler!r}; one of {", ".join(SAMPLERS)}')
+    if spacing == AUTO_SPACING[sampler]:
+        return spacing  # already resolved (ddpm's 'all')
     if spacing not in SPACINGS[sampler]:
         raise ValueError(f'spacing {spacing!r} is not valid for sampler {sampler!r}; one of '
                          f'{", ".join(SPACINGS[sampler])}')
@@ -61,19 +180,80 @@ def resolve_spacing(sampler, spacing, skip_type='quad'):
     return skip_type if sampler == 'ddim' else AUTO_SPACING[sampler]
 
 
-def make_scheduler(solver, betas, spacing):
-    """A diffusers scheduler for `solver` ('dpm++2m', 'unipc') on exactly `betas` (T, the
-    training schedule), epsilon prediction, no clipping or thresholding, final sigma 0."""
+# ---------------------------------------------------------------------------------------------
+# per-image noise
+
+def image_seed(seed, index):
+    """A 63-bit torch seed for image `index` (>= 0) of a run seeded with `seed` (>= 0), from
+    numpy's SeedSequence, so that nearby (seed, index) pairs give unrelated streams."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class ImageNoise:
+    """Standard normal noise for a batch of images, each drawn from its own torch.Generator
+    (on the CPU, so the numbers do not depend on the device) seeded by image_seed(seed, index).
+
+    A sampler draws x_T first (`draw`) and then each step's noise (`like`) in a fixed order, so
+    image i's sample depends on (seed, i) only, never on which other images share its batch.
+    """
+
+    def __init__(self, seed, indices):
+        self.indices = [int(i) for i in indices]
+        self.generators = [torch.Generator().manual_seed(image_seed(seed, i))
+                           for i in self.indices]
+
+    def __len__(self):
+        return len(self.generators)
+
+    def draw(self, shape, device='cpu'):
+        """len(self) x *shape float32 standard normal, one image per generator."""
+        out = torch.stack([torch.randn(tuple(shape), generator=g) for g in self.generators])
+        return out.to(device)
+
+    def like(self, x):
+        """Noise shaped like the batch x (B = len(self)), on x's device and dtype."""
+        if x.shape[0] != len(self):
+            raise ValueError(f'ImageNoise holds {len(self)} images, the batch has {x.shape[0]}')
+        return self.draw(x.shape[1:], x.device).to(x.dtype)
+
+
+def standard_noise(noise, x):
+    """Step noise shaped like x: from the ImageNoise `noise`, else from torch's global RNG."""
+    return torch.randn_like(x) if noise is None else noise.like(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers' solvers
+
+def make_scheduler(solver, betas, spacing, clip_denoised=False):
+    """A diffusers scheduler for `solver` ('dpm++2m', 'dpm++2m-sde', 'unipc') on exactly `betas`
+    (T, the training schedule), epsilon prediction, order 2, final sigma 0; with clip_denoised the
+    x0 prediction is clipped to [-1, 1] at every step (the module docstring says why
+    thresholding with sample_max_value 1 is exactly that clip)."""
     from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
     common = dict(num_train_timesteps=len(betas), trained_betas=betas.double().numpy(),
-                  prediction_type='epsilon', thresholding=False, solver_order=2,
-                  final_sigmas_type='zero', **SOLVER_SPACINGS[solver][spacing])
+                  prediction_type='epsilon', thresholding=bool(clip_denoised),
+                  sample_max_value=1.0, solver_order=2, final_sigmas_type='zero',
+                  **SOLVER_SPACINGS[solver][spacing])
     if solver == 'dpm++2m':
         return DPMSolverMultistepScheduler(algorithm_type='dpmsolver++', **common)
-    return UniPCMultistepScheduler(**common)
+    if solver == 'dpm++2m-sde':
+        return DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', **common)
+    return UniPCMultistepScheduler(predict_x0=True, **common)
 
 
-def set_timesteps(scheduler, steps):
+def is_stochastic(scheduler):
+    return getattr(scheduler.config, 'algorithm_type', None) == 'sde-dpmsolver++'
+
+
+def training_sigma(scheduler, time_step):
+    """sqrt((1 - abar_t) / abar_t) at integer `time_step`, as diffusers computes its sigmas."""
+    abar = scheduler.alphas_cumprod[time_step]
+    return float(((1 - abar) / abar) ** 0.5)
+
+
+def set_timesteps(scheduler, steps, start_t=None):
     """Set `scheduler` up for `steps` steps; returns its timesteps (ints, non-increasing).
 
     A step of zero length (the sigma of the previous step again: 'default' spacing at steps = T
@@ -82,28 +262,52 @@ def set_timesteps(scheduler, steps):
     when `steps` is a sizeable part of T (lu from 50 steps at T = 1000), but with distinct sigmas:
     those are kept, as the solver still resolves the low-noise end better with them (measured on
     the oracle: dropping them nearly tripled the error of lu at 1000 steps).
+
+    start_t (an SDEdit start, a time index in [0, T)): begin at start_t itself, at its training
+    sigma (the noise level of the caller's x_start), then keep the steps of the full run below
+    it (those of smaller sigma: the timesteps < start_t, as diffusers' img2img pipelines keep the
+    tail of the schedule, and a grid sigma that rounds onto start_t from below); start_t at or
+    above the first timestep keeps the full run. The solver's history is reset either way.
     """
     scheduler.set_timesteps(steps)  # also resets the solver's history of earlier runs
     sigmas = scheduler.sigmas[:-1]  # the last entry is the final sigma, 0
+    timesteps = scheduler.timesteps
     keep = torch.ones(len(sigmas), dtype=torch.bool)
     keep[1:] = sigmas[1:] != sigmas[:-1]
-    if not keep.all():
-        scheduler.timesteps = scheduler.timesteps[keep.to(scheduler.timesteps.device)]
-        scheduler.sigmas = torch.cat([sigmas[keep], scheduler.sigmas[-1:]])
-        scheduler.num_inference_steps = int(keep.sum())
+    changed = not keep.all()
+    sigmas, timesteps = sigmas[keep], timesteps[keep.to(timesteps.device)]
+    if start_t is not None and start_t < int(timesteps[0]):
+        sigma_start = training_sigma(scheduler, start_t)
+        below = sigmas < sigma_start
+        sigmas = torch.cat([sigmas.new_tensor([sigma_start]), sigmas[below]])
+        timesteps = torch.cat([timesteps.new_tensor([start_t]),
+                               timesteps[below.to(timesteps.device)]])
+        changed = True
+    if changed:
+        scheduler.timesteps = timesteps
+        scheduler.sigmas = torch.cat([sigmas, scheduler.sigmas[-1:]])
+        scheduler.num_inference_steps = len(timesteps)
+    # step i uses sigmas[i]: never let a repeated first timestep pick a later index
+    scheduler.set_begin_index(0)
     return scheduler.timesteps.tolist()
 
 
-def solve(scheduler, steps, predict_eps, x_T, y, omega, method):
-    """Run the scheduler's loop from x_T (B x C x H x W, standard normal) in `steps` steps.
+def solve(scheduler, steps, predict_eps, x_T, y, omega, method, noise=None, start_t=None):
+    """Run the scheduler's loop from x_T (B x C x H x W) in `steps` steps.
 
+    x_T is standard normal, or with start_t the state x_t at time index start_t (SDEdit).
     predict_eps(x_t, t, y, omega, method) -> eps (B x C x H x W float32), t a B int64 tensor of
-    0-based timesteps in [0, T). Returns x_0, not clipped (B x C x H x W float32).
+    0-based timesteps in [0, T). The SDE solver's step noise comes from `noise` (an ImageNoise
+    for the batch) or torch's global RNG. Returns x_0, not clipped (B x C x H x W float32).
     """
-    timesteps = set_timesteps(scheduler, steps)
+    timesteps = set_timesteps(scheduler, steps, start_t)
     x_t = x_T * scheduler.init_noise_sigma
     for time_step in timesteps:
         t = torch.full((x_T.shape[0],), time_step, dtype=torch.long, device=x_T.device)
         eps = predict_eps(x_t, t, y, omega, method)
-        x_t = scheduler.step(eps, time_step, x_t).prev_sample
+        if is_stochastic(scheduler):
+            x_t = scheduler.step(eps, time_step, x_t,
+                                 variance_noise=standard_noise(noise, eps)).prev_sample
+        else:
+            x_t = scheduler.step(eps, time_step, x_t).prev_sample
     return x_t

@@ -16,11 +16,15 @@ memory of each, as a markdown table:
 - a full sample of a batch: DDPM over all `--full_sample_T` steps, fp32, two guidance passes
   (baseline) vs DDPM with `--amp` batched, and vs DDIM in `--sample_steps` steps with `--amp`
   batched;
-- sampler throughput: images per second of a cfg-guided batch (`--amp`, batched) for DDPM over
-  all `--T` steps (timed over `--full_sample_T` steps, the same run as the full-sample row, and
-  scaled: DDPM time is linear in its steps) and for DDIM, DPM-Solver++(2M) and UniPC in
-  `--fast_steps` steps on the `--T`-step schedule, with the time per step, the network FLOPs per
-  image and the time 50,000 images would take at that rate on this device;
+- sampler throughput: images per second of a cfg-guided batch (`--amp`, batched, per-image
+  noise as `--eval` draws it) for DDPM over all `--T` steps without clipping, the paper's
+  setting (timed over `--full_sample_T` steps, the same run as the full-sample row, and scaled:
+  DDPM time is linear in its steps), for DDIM, DPM-Solver++(2M), its SDE variant and UniPC in
+  `--fast_steps` steps on the `--T`-step schedule (x0 clipped with `--clip_denoised on`) and
+  for the recommended setting `--sampler auto` stands for (samplers.RECOMMENDED: sampler,
+  steps, spacing, eta and clipping), with the network FLOPs per image (its network evaluations
+  times one evaluation's), the time per step, the speed-up over guided DDPM and the time 50,000
+  images would take at that rate on this device;
 - feature metrics on `--feat_n` x `--feat_dim` random features: improved precision/recall
   (brute-force float64 numpy full distance matrices, as the reference code, vs the chunked torch
   implementation of score/metrics.py; the baseline only up to --brute_max features) and the FID
@@ -52,10 +56,11 @@ sys.path.insert(0, ROOT)
 
 from diffusion import AMP_DTYPES, GaussianDiffusionSampler, GaussianDiffusionTrainer, autocast  # noqa: E402
 from model import UNet, check_config  # noqa: E402
+from samplers import RECOMMENDED, ImageNoise, resolve  # noqa: E402
 from score import metrics as M  # noqa: E402
 from utils import save_text  # noqa: E402
 
-FAST_SAMPLERS = ('ddim', 'dpm++2m', 'unipc')
+FAST_SAMPLERS = ('ddim', 'dpm++2m', 'dpm++2m-sde', 'unipc')
 N_EVAL_IMAGES = 50000
 
 NUM_CLASS = 10
@@ -94,7 +99,11 @@ def parse_args(argv=None):
     s.add_argument('--sample_steps', type=int, default=5, help='DDIM steps of the full sample')
     s.add_argument('--sample_batch', type=int, default=2, help='batch of the full-sample rows')
     s.add_argument('--fast_steps', type=int, default=20,
-                   help='steps of DDIM, DPM-Solver++(2M) and UniPC in the throughput table')
+                   help='steps of DDIM, DPM-Solver++(2M) (ODE and SDE) and UniPC in the '
+                        'throughput table')
+    s.add_argument('--clip_denoised', choices=['on', 'off'], default='on',
+                   help='clip the x0 prediction in the --fast_steps rows of the throughput table '
+                        '(DDPM stays unclipped, the recommended row follows samplers.RECOMMENDED)')
     s.add_argument('--sample_repeats', type=int, default=1,
                    help='timed runs of each full sample (median)')
     f = p.add_argument_group('metrics')
@@ -305,7 +314,8 @@ def sample_step_fn(args, model, method, amp, batched):
 
 
 def guided_sampling(args, model, sampler, seed):
-    """A closure sampling `--sample_batch` images with cfg guidance from fixed x_T and labels."""
+    """A closure sampling `--sample_batch` images with cfg guidance from fixed x_T and labels,
+    the step noise drawn per image as evaluation.generate draws it (samplers.ImageNoise)."""
     dev = torch.device(args.device)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(args.sample_batch, 3, args.img_size, args.img_size, generator=g).to(dev)
@@ -314,7 +324,8 @@ def guided_sampling(args, model, sampler, seed):
     def run():
         model.set_sdpa(True)
         model.eval()
-        return sampler(x_T, omega=args.omega, method='cfg', y=y)
+        noise = ImageNoise(seed, range(args.sample_batch))
+        return sampler(x_T, omega=args.omega, method='cfg', y=y, noise=noise)
     return run
 
 
@@ -327,12 +338,26 @@ def full_sample_fn(args, model, sampler_kind, amp, batched):
     return guided_sampling(args, model, sampler, args.seed + 2)
 
 
-def fast_sample_fn(args, model, sampler_kind):
-    """Sample `--sample_batch` images with cfg guidance in `--fast_steps` steps (--T schedule)."""
-    sampler = GaussianDiffusionSampler(model, BETA_1, BETA_T, args.T, NUM_CLASS, args.img_size,
-                                       sampler=sampler_kind, sample_steps=args.fast_steps,
-                                       amp=args.amp).to(torch.device(args.device))
-    return guided_sampling(args, model, sampler, args.seed + 3)
+def throughput_settings(args):
+    """(row label, samplers.SamplerSettings) of the fast rows of the throughput table: every
+    fast sampler in --fast_steps steps at its auto spacing, then the recommended setting
+    (samplers.RECOMMENDED, its steps capped at --T as `--sampler auto` caps them)."""
+    clip = args.clip_denoised == 'on'
+    rows = [(kind, resolve(kind, args.fast_steps, 'auto', 0.0, clip, 'sample', T=args.T))
+            for kind in FAST_SAMPLERS]
+    rec = RECOMMENDED
+    eta = f', eta {rec["eta"]:g}' if rec['sampler'] == 'ddim' else ''
+    rows.append((f'auto = {rec["sampler"]} {rec["spacing"]}{eta}',
+                 resolve('auto', args.fast_steps, 'auto', 0.0, None, 'sample', T=args.T)))
+    return rows
+
+
+def fast_sampler(args, model, settings):
+    """The sampler of `settings` over the model (--T schedule, --amp, batched guidance)."""
+    return GaussianDiffusionSampler(
+        model, BETA_1, BETA_T, args.T, NUM_CLASS, args.img_size, sampler=settings.sampler,
+        sample_steps=settings.sample_steps, eta=settings.eta, spacing=settings.spacing,
+        clip_denoised=settings.clip_denoised, amp=args.amp).to(torch.device(args.device))
 
 
 def forward_flops(args, model):
@@ -360,29 +385,39 @@ def fmt_duration(s):
 
 
 def bench_samplers(args, model, memory, ddpm):
-    """Images per second of each sampler (cfg, `--amp`, batched); `ddpm` is the (seconds, bytes)
-    of the `--full_sample_T`-step DDPM run of the full-sample rows. Returns markdown lines."""
+    """Images per second of each sampler (cfg, `--amp`, batched) and its speed-up over guided
+    DDPM; `ddpm` is the (seconds, bytes) of the `--full_sample_T`-step DDPM run of the
+    full-sample rows. Returns markdown lines."""
     n, dev = args.sample_batch, args.device
+    fast = [(label, fast_sampler(args, model, settings))
+            for label, settings in throughput_settings(args)]
     # one warm-up run each: a 20-step sample is short enough for first-call costs to show
-    results = measure([fast_sample_fn(args, model, kind) for kind in FAST_SAMPLERS],
+    results = measure([guided_sampling(args, model, sampler, args.seed + 3) for _, sampler in fast],
                       args.sample_repeats, dev, memory, warmup=1)
-    rows = [('ddpm', args.T, ddpm[0] * args.T / args.full_sample_T)]
-    rows += [(kind, args.fast_steps, sec) for kind, (sec, _) in zip(FAST_SAMPLERS, results)]
+    ddpm_sampler = GaussianDiffusionSampler(model, BETA_1, BETA_T, args.T, NUM_CLASS,
+                                            args.img_size)
+    ddpm_sec = ddpm[0] * args.T / args.full_sample_T
+    rows = [('ddpm', ddpm_sampler.settings('cfg', args.omega), ddpm_sec)]
+    rows += [(label, sampler.settings('cfg', args.omega), sec)
+             for (label, sampler), (sec, _) in zip(fast, results)]
     gflop = forward_flops(args, model) / 1e9
-    lines = [f'| sampler (cfg, {args.amp}, batched) | steps | '
-             f'network GFLOP per image (all steps) | '
-             f'time per step (batch {n}) | images/s | {N_EVAL_IMAGES:,} images |',
-             '|---|---:|---:|---:|---:|---:|']
-    for kind, steps, sec in rows:
+    lines = [f'| sampler (cfg, {args.amp}, batched) | steps | clip | '
+             f'network GFLOP per image (all steps) | time per step (batch {n}) | images/s | '
+             f'speed-up over ddpm | {N_EVAL_IMAGES:,} images |',
+             '|---|---:|---|---:|---:|---:|---:|---:|']
+    for label, settings, sec in rows:
         per_s = n / sec
-        lines.append(f'| {kind} | {steps} | {fmt_gflop(2 * steps * gflop)} | '
-                     f'{fmt_time(sec / steps)} | '
-                     f'{per_s:.3g} | {fmt_duration(N_EVAL_IMAGES / per_s)} |')
+        steps = settings['sample_steps']
+        lines.append(f'| {label} | {steps} | {"on" if settings["clip_denoised"] else "off"} | '
+                     f'{fmt_gflop(settings["nfe_per_image"] * gflop)} | '
+                     f'{fmt_time(sec / steps)} | {per_s:.3g} | {ddpm_sec / sec:.1f}x | '
+                     f'{fmt_duration(N_EVAL_IMAGES / per_s)} |')
     lines += ['', f'- throughput: one network evaluation of one image is {gflop:.3f} GFLOP; cfg '
-              f'evaluates it twice per step (as one batch of {2 * n}); DDPM timed over '
-              f'{args.full_sample_T} steps and scaled to {args.T}'
+              f'evaluates it twice per step (as one batch of {2 * n}); DDPM (unclipped, the '
+              f'paper\'s setting) timed over {args.full_sample_T} steps and scaled to {args.T}'
               + ('' if args.full_sample_T == args.T else ' (time is linear in the steps)')
-              + f'; {N_EVAL_IMAGES:,} images = {N_EVAL_IMAGES:,} / images/s on this device at '
+              + f'; speed-up = DDPM time / the row\'s time for the same guided batch; '
+              f'{N_EVAL_IMAGES:,} images = {N_EVAL_IMAGES:,} / images/s on this device at '
               f'batch {n} (larger batches are faster per image on a GPU).']
     return lines
 

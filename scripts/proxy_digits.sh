@@ -55,8 +55,9 @@ mode=''
 say "digits-LT proxy: DDPM vs CBDM, $TOTAL_STEPS steps, batch $BATCH_SIZE, seed $SEED;" \
     "$SAMPLE_SIZE cfg samples (omega $OMEGA, $SAMPLER) each; logs $LOG_ROOT$mode"
 
+SAMPLE_NAME="proxy_samples_STEP$FINAL"   # --sample writes LOGDIR/$SAMPLE_NAME.png / .npy
 stem_of() {  # the --sample files of run folder $1 (without .png / .npy)
-    echo "$1/sample_cfg_${OMEGA}_STEP$FINAL"
+    echo "$1/$SAMPLE_NAME"
 }
 
 # pipeline NAME FLAGS...: train LOG_ROOT/proxy_NAME (unless finished), then sample it
@@ -73,7 +74,7 @@ pipeline() {
         say "sampling $SAMPLE_SIZE images from $dir/ckpt_$FINAL.pt"
         main_py --notrain --sample --flagfile "$dir/flagfile.txt" --logdir "$dir" \
             --ckpt_step "$FINAL" --sample_size "$SAMPLE_SIZE" --batch_size "$SAMPLE_BATCH" \
-            --seed "$SEED" "${SAMPLE_FLAGS[@]}"
+            --seed "$SEED" --sample_name "$SAMPLE_NAME" "${SAMPLE_FLAGS[@]}"
     fi
 }
 

@@ -47,20 +47,21 @@ CACHE_NAME = 'proxy_classifier.pt'
 
 
 class DigitNet(nn.Module):
-    """3 x 8 x 8 -> 10 logits; `features` is the 128-d penultimate layer (after ReLU)."""
+    """3 x S x S -> 10 logits (S = img_size, a multiple of 4; 8 for the digits); `features` is
+    the 128-d penultimate layer (after ReLU)."""
 
-    def __init__(self):
+    def __init__(self, img_size=IMG_SIZE):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
         self.conv3 = nn.Conv2d(64, 128, 3, padding=1)
-        self.fc1 = nn.Linear(128 * 2 * 2, 128)
+        self.fc1 = nn.Linear(128 * (img_size // 4) ** 2, 128)
         self.fc2 = nn.Linear(128, NUM_CLASS)
 
     def features(self, x):
         x = F.relu(self.conv1(x))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)   # 4 x 4
-        x = F.max_pool2d(F.relu(self.conv3(x)), 2)   # 2 x 2
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)   # S/2 x S/2
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)   # S/4 x S/4
         return F.relu(self.fc1(x.flatten(1)))
 
     def forward(self, x):
@@ -96,25 +97,31 @@ def predict(model, x, batch=512):
     return torch.cat(preds).numpy().astype(np.int64), torch.cat(feats).numpy().astype(np.float32)
 
 
-def train_classifier(x, y, seed, epochs=20, batch=64, log=print):
-    """Seeded training on the 80% split; returns (model, held-out accuracy)."""
-    train_idx, test_idx = split(len(x), seed)
+def fit(x, y, seed, epochs=20, batch=64):
+    """A DigitNet for x's image size trained (seeded, deterministic) on all of (x, y): Adam
+    2e-3 with cosine decay, `epochs` epochs of batches of `batch`."""
     torch.manual_seed(seed)
-    model = DigitNet()
+    model = DigitNet(x.shape[-1])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     g = torch.Generator().manual_seed(seed)
-    xt, yt = x[train_idx], y[train_idx]
     for _ in range(epochs):
         model.train()
-        order = torch.randperm(len(xt), generator=g)
-        for i in range(0, len(xt), batch):
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch):
             b = order[i:i + batch]
-            loss = F.cross_entropy(model(xt[b]), yt[b])
+            loss = F.cross_entropy(model(x[b]), y[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         sched.step()
+    return model
+
+
+def train_classifier(x, y, seed, epochs=20, batch=64, log=print):
+    """Seeded training on the 80% split; returns (model, held-out accuracy)."""
+    train_idx, test_idx = split(len(x), seed)
+    model = fit(x[train_idx], y[train_idx], seed, epochs, batch)
     test_acc = accuracy(model, x[test_idx], y[test_idx])
     log(f'classifier: trained on {len(train_idx)} digits, held-out accuracy {test_acc:.4f} '
         f'({len(test_idx)} images)')

@@ -64,11 +64,19 @@ def draw(logdir, ckpt_step, sampler, steps, eta, per_class, omega, batch_size, r
     wall = time.time() - start
     if out.returncode != 0:
         raise UserError(f'{" ".join(cmd)} failed: {out.stderr.strip().splitlines()[-1]}')
-    stem = os.path.join(logdir, f'sample_cfg_{omega}_STEP{ckpt_step}')
+    stem = written_stem(out.stdout)
     shutil.move(stem + '.npy', tag + '.npy')
     shutil.move(stem + '_labels.npy', tag + '_labels.npy')
     save_text(tag + '.json', json.dumps({'wall': wall, 'command': cmd}))
     return tag + '.npy', tag + '_labels.npy', wall
+
+
+def written_stem(stdout):
+    """The path stem of the set `main.py --sample` wrote (its last line names STEM.npy and
+    STEM_labels.npy; the stem carries the sampler settings)."""
+    paths = [p.strip(',') for p in stdout.strip().splitlines()[-1].split()]
+    [labels] = [p for p in paths if p.endswith('_labels.npy')]
+    return labels[:-len('_labels.npy')]
 
 
 def sweep_scores(model, samples, labels, real_feats, real_y, tail):

@@ -1,6 +1,7 @@
 """scripts/bench.py end to end with the tiniest settings: every row of the markdown table is
 there, with times, peak memory and a numeric ratio, the sampler throughput table has a row per
-sampler, and --out writes the same markdown."""
+sampler (dpm++2m-sde and the recommended setting included) with its clipping and speed-up over
+DDPM, and --out writes the same markdown."""
 import os
 import re
 import subprocess
@@ -77,17 +78,32 @@ def test_bench_tiny_table(bench_run):
 
 
 def test_bench_sampler_throughput(bench_run):
+    from samplers import RECOMMENDED
     text, _ = bench_run
-    assert '| sampler (cfg, bf16, batched) | steps | network GFLOP per image (all steps) |' in text
+    assert ('| sampler (cfg, bf16, batched) | steps | clip | network GFLOP per image (all steps) |'
+            in text)
     rows = markdown_tables(text)[1]
-    assert [(r[0], r[1]) for r in rows] == [('ddpm', '10'), ('ddim', '4'), ('dpm++2m', '4'),
-                                            ('unipc', '4')]
-    gflop = [float(r[2].replace(',', '')) for r in rows]
+    # every fast sampler (the SDE solver included) and the setting --sampler auto stands for,
+    # read from samplers.RECOMMENDED (its steps capped at --T 10, as auto caps them)
+    recommended = min(RECOMMENDED['sample_steps'], 10)
+    assert [(r[0], r[1], r[2]) for r in rows[:-1]] == [
+        ('ddpm', '10', 'off'), ('ddim', '4', 'on'), ('dpm++2m', '4', 'on'),
+        ('dpm++2m-sde', '4', 'on'), ('unipc', '4', 'on')]
+    assert rows[-1][0].startswith(f'auto = {RECOMMENDED["sampler"]} {RECOMMENDED["spacing"]}')
+    assert rows[-1][1:3] == [str(recommended), 'on' if RECOMMENDED['clip_denoised'] else 'off']
+    gflop = [float(r[3].replace(',', '')) for r in rows]
     assert gflop[0] == pytest.approx(2.5 * gflop[1], rel=0.01)  # 10 steps against 4
-    for name, steps, _, per_step, per_s, total in rows:
+    assert gflop[-1] == pytest.approx(gflop[0] * recommended / 10, rel=0.01)
+    for name, steps, clip, _, per_step, per_s, speed_up, total in rows:
         assert TIME.match(per_step), (name, per_step)
         assert float(per_s) > 0, (name, per_s)
+        assert re.match(r'^\d+\.\dx$', speed_up), (name, speed_up)
         assert re.match(r'^\d+(\.\d+)? (s|min|h)$', total), (name, total)
+    assert rows[0][6] == '1.0x'  # DDPM against itself
+    # speed-up = images/s over DDPM's images/s (both rounded in the table)
+    for row in rows[1:]:
+        ratio = float(row[5]) / float(rows[0][5])
+        assert float(row[6][:-1]) == pytest.approx(ratio, rel=0.05, abs=0.06), row
     assert re.search(r'one network evaluation of one image is \d+\.\d{3} GFLOP', text)
 
 
