@@ -4,6 +4,7 @@ File names follow the reference: with name = {sample_name}_N{num_images}_STEP{ck
   LOGDIR/{method}_{omega}_samples_ema_{name}.npy   float32 N x 3 x H x W in [0, 1]
   LOGDIR/{method}_{omega}_labels_ema_{name}.npy    int64 N (-1 for unconditional samples)
   LOGDIR/{method}_{omega}_feats_ema_{name}.npz     Inception feats, probs, labels
+  LOGDIR/{method}_{omega}_sampler_ema_{name}.json  the sampler settings that drew the samples
   LOGDIR/visual_ema_{method}_{omega}_{name}.png    16-wide grid of the first 256
   LOGDIR/res_ema_{name}.txt                        results, appended
   LOGDIR/eval.jsonl                                one JSON line per evaluation
@@ -11,8 +12,10 @@ File names follow the reference: with name = {sample_name}_N{num_images}_STEP{ck
 """
 import copy
 import glob
+import json
 import os
 import time
+import types
 
 import numpy as np
 import torch
@@ -22,7 +25,8 @@ from tqdm import tqdm
 
 from checkpoint import ckpt_path, load_checkpoint, load_model_state
 from dataset import build_dataset, build_reference_dataset, num_classes, reference_split
-from factory import build_model, build_sampler
+from factory import build_model, build_sampler, sampler_settings
+from samplers import ImageNoise
 from train import grid_labels, sample_grid, setup_distributed
 from utils import (UserError, append_jsonl, append_text, get_device, save_npy, save_npz,
                    save_text)
@@ -52,8 +56,42 @@ def check_flags(cfg):
                             f'use --sample_method uncond or --conditional')
 
 
-def sample_name(cfg):
-    return f'{cfg.sample_name}_N{cfg.num_images}_STEP{cfg.ckpt_step}'
+def settings_suffix(cfg, use):
+    """'' where `use` draws its images with its default sampler settings (samplers.USE_DEFAULTS),
+    the default variance and --seed 0, so that the seed README's --eval files keep the
+    reference's names; else '_' + what differs: the sampler settings' tag (e.g.
+    '_ddim50quad_eta1_clip'), '_fixedsmall', '_seed3'. Two sets drawn differently never share a
+    file name, so neither overwrites nor is mistaken for the other."""
+    settings = sampler_settings(cfg, use)
+    default = sampler_settings(types.SimpleNamespace(
+        **{**vars(cfg), 'sampler': None, 'clip_denoised': None, 'spacing': 'auto',
+           'eta': 0.0}), use)
+    parts = [] if settings.tag() == default.tag() else [settings.tag()]
+    if cfg.var_type != 'fixedlarge' and settings.sampler == 'ddpm':
+        parts.append(cfg.var_type)
+    if cfg.seed:
+        parts.append(f'seed{cfg.seed}')
+    return ''.join(f'_{part}' for part in parts)
+
+
+DEFAULT_SAMPLE_NAME = 'saved'
+
+
+def sample_stem(cfg):
+    """The file stem of --sample's grid and arrays in LOGDIR: --sample_name when it is given
+    (not the default 'saved'), else sample_{method}_{omega}_STEP{ckpt_step} followed by
+    settings_suffix(cfg, 'sample')."""
+    if cfg.sample_name != DEFAULT_SAMPLE_NAME:
+        return cfg.sample_name
+    return (f'sample_{cfg.sample_method}_{cfg.omega}_STEP{cfg.ckpt_step}'
+            f'{settings_suffix(cfg, "sample")}')
+
+
+def sample_name(cfg, use='eval'):
+    """{sample_name}_N{num_images}_STEP{ckpt_step} as the reference names an evaluation's
+    files, followed by settings_suffix(cfg, use)."""
+    return (f'{cfg.sample_name}_N{cfg.num_images}_STEP{cfg.ckpt_step}'
+            f'{settings_suffix(cfg, use)}')
 
 
 def run_files(cfg):
@@ -63,6 +101,7 @@ def run_files(cfg):
         'samples': f'{prefix}_samples_ema_{name}.npy',
         'labels': f'{prefix}_labels_ema_{name}.npy',
         'feats': f'{prefix}_feats_ema_{name}.npz',
+        'sampler': f'{prefix}_sampler_ema_{name}.json',
         'visual': os.path.join(cfg.logdir, f'visual_ema_{cfg.sample_method}_{cfg.omega}_{name}.png'),
         'res': os.path.join(cfg.logdir, f'res_ema_{name}.txt'),
         'jsonl': os.path.join(cfg.logdir, 'eval.jsonl'),
@@ -98,23 +137,43 @@ def load_ema_model(cfg, device):
     return model.to(device).eval(), num_class, ckpt
 
 
-def generate(sampler, num_images, batch_size, img_size, device, method, omega, seed, desc,
-             classes=None):
-    """num_images samples in batches: (float32 N x 3 x H x W in [0, 1], int64 labels or -1).
-    The labels are drawn uniformly with the noise, or are `classes` (int64 [num_images]) when
-    given; the noise comes from a generator seeded with `seed`."""
+def draw_labels(num_class, num_images, seed, first_index=0):
+    """Labels of images first_index .. first_index + num_images - 1 of a set seeded with `seed`:
+    int64 [num_images], uniform over the classes, all drawn up front from one generator (so
+    they depend on neither the batch size nor how the set is split over processes)."""
     g = torch.Generator().manual_seed(seed)
+    return torch.randint(num_class, (first_index + num_images,), generator=g)[first_index:]
+
+
+def generate(sampler, num_images, batch_size, img_size, device, method, omega, seed, desc,
+             classes=None, first_index=0, starts=None, start_t=None):
+    """num_images samples in batches: (float32 N x 3 x H x W in [0, 1], int64 labels or -1).
+
+    The labels are `classes` (int64 [num_images]) when given, else drawn uniformly up front
+    (draw_labels; none for 'uncond'). Image i (global index first_index + i) takes x_T and every
+    step's noise from its own generator seeded from (seed, first_index + i) (samplers.ImageNoise),
+    so a sample is a pure function of (seed, index, label, sampler settings): the same whatever
+    the batch size, the batch it falls in or the number of processes sharing the set.
+    With `starts` (float N x 3 x H x W in [-1, 1]) and `start_t`, image i is SDEdit from
+    starts[i]: noised to time index start_t by the draw that is otherwise x_T, then denoised
+    from there (the sampler's forward with start_t)."""
+    if classes is not None:
+        labels_all = torch.as_tensor(np.asarray(classes), dtype=torch.long)
+    elif method != 'uncond':
+        labels_all = draw_labels(sampler.num_class, num_images, seed, first_index)
+    else:
+        labels_all = None
     images, labels = [], []
     with tqdm(total=num_images, desc=desc, dynamic_ncols=True, unit='img') as pbar:
         for start in range(0, num_images, batch_size):
             n = min(batch_size, num_images - start)
-            x_T = torch.randn(n, 3, img_size, img_size, generator=g).to(device)
-            y = None
-            if classes is not None:
-                y = torch.as_tensor(classes[start:start + n], dtype=torch.long).to(device)
-            elif method != 'uncond':
-                y = torch.randint(sampler.num_class, (n,), generator=g).to(device)
-            x, y = sampler(x_T, omega=omega, method=method, y=y)
+            noise = ImageNoise(seed, range(first_index + start, first_index + start + n))
+            x_T = noise.draw((3, img_size, img_size), device)
+            if starts is not None:
+                x_T = sampler.noise_to(torch.as_tensor(starts[start:start + n]).to(device),
+                                       start_t, x_T)
+            y = None if labels_all is None else labels_all[start:start + n].to(device)
+            x, y = sampler(x_T, omega=omega, method=method, y=y, noise=noise, start_t=start_t)
             images.append(((x.float() + 1) / 2).cpu().numpy())
             labels.append(np.full(n, -1, np.int64) if y is None else y.cpu().numpy())
             pbar.update(n)
@@ -135,14 +194,15 @@ def sample(cfg):
     """A class-per-row grid of `sample_size` images and the samples as .npy (no metrics)."""
     device = get_device()
     model, num_class, ckpt = load_ema_model(cfg, device)
-    sampler = build_sampler(cfg, model, num_class).to(device)
+    sampler = build_sampler(cfg, model, num_class, 'sample').to(device)
+    # the noise of the training grids (train.build_state): --sample redraws a run's grid
     g = torch.Generator().manual_seed(cfg.seed)
     x_T = torch.randn(cfg.sample_size, 3, cfg.img_size, cfg.img_size, generator=g)
     if cfg.sample_method == 'uncond':
         y, per_row = None, max(1, int(cfg.sample_size ** 0.5))
     else:
         y, per_row = grid_labels(num_class, cfg.sample_size)
-    stem = os.path.join(cfg.logdir, f'sample_{cfg.sample_method}_{cfg.omega}_STEP{cfg.ckpt_step}')
+    stem = os.path.join(cfg.logdir, sample_stem(cfg))
     images, labels = sample_grid(sampler, x_T.to(device), y, cfg.sample_method, cfg.omega, per_row,
                                  stem + '.png', cfg.batch_size, cfg.seed)
     written = [stem + '.png']
@@ -153,7 +213,27 @@ def sample(cfg):
     save_npy(stem + '.npy', images.numpy().astype(np.float32))
     save_npy(stem + '_labels.npy', (np.full(len(images), -1, np.int64) if labels is None
                                     else labels.numpy().astype(np.int64)))
-    print(f'wrote {", ".join(written)}, {stem}.npy, {stem}_labels.npy')
+    save_settings(stem + '_sampler.json', {**sampler.settings(cfg.sample_method, cfg.omega),
+                                           'sampler_flag': cfg.sampler, 'seed': cfg.seed})
+    print(f'wrote {", ".join(written)}, {stem}.npy, {stem}_labels.npy, {stem}_sampler.json')
+
+
+SETTINGS_KEYS = ('sampler', 'sample_steps', 'spacing', 'eta', 'clip_denoised', 'nfe_per_image')
+
+
+def save_settings(path, settings):
+    """The sampler settings of a saved set (GaussianDiffusionSampler.settings() and more) as
+    JSON beside it, so that the set says how it was drawn."""
+    save_text(path, json.dumps(settings, sort_keys=True) + '\n')
+
+
+def saved_settings(path):
+    """The settings save_settings wrote, or SETTINGS_KEYS -> None for a set saved without them
+    (before they were recorded)."""
+    if not os.path.isfile(path):
+        return dict.fromkeys(SETTINGS_KEYS)
+    with open(path) as f:
+        return json.load(f)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +254,7 @@ def make_stats(cfg):
                  else default_fid_cache(cfg.data_type, cfg.ref_split))
     net = load_inception(cfg.inception_weights or None, device)
     dataset = build_reference_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.download,
-                                      cfg.list_file, cfg.ref_split)
+                                      cfg.list_file, cfg.ref_split, test_root=cfg.test_root)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
                                          num_workers=cfg.num_workers)
     images = (((x + 1) / 2).clamp(0, 1) for x, _ in loader)
@@ -250,7 +330,8 @@ def record(cfg, files, results, rows, extra):
     from score.plots import plot_groups, plot_per_class
     text = format_results(results)
     header = (f'{time.strftime("%Y-%m-%d %H:%M:%S")} {cfg.sample_method} omega={cfg.omega} '
-              f'ckpt_step={cfg.ckpt_step} sampler={cfg.sampler}\n')
+              f'ckpt_step={cfg.ckpt_step} sampler={extra.get("sampler")} '
+              f'steps={extra.get("sample_steps")} clip_denoised={extra.get("clip_denoised")}\n')
     print(header + text)
     append_text(files['res'], header + text + '\n')
     append_jsonl(files['jsonl'], {**extra, 'inception_precision': 'fp32', **results})
@@ -262,22 +343,25 @@ def record(cfg, files, results, rows, extra):
     return [path for path in written if path]
 
 
-def sampler_record(cfg):
-    """What identifies a sample set in eval.jsonl (sampler settings included)."""
+def sampler_record(cfg, settings):
+    """What identifies a sample set in eval.jsonl: run, checkpoint, guidance and the sampler
+    settings (`settings`: sampler, sample_steps, spacing, eta, clip_denoised, nfe_per_image;
+    sampler_flag is --sampler as given, None when unset; a saved set's own when it has one)."""
     return {'logdir': cfg.logdir, 'ckpt_step': cfg.ckpt_step, 'sample_method': cfg.sample_method,
-            'omega': cfg.omega, 'sampler': cfg.sampler, 'sample_steps': cfg.sample_steps,
-            'spacing': cfg.spacing, 'name': sample_name(cfg), 'fid_cache': cfg.fid_cache,
-            'data_type': cfg.data_type}
+            'omega': cfg.omega, **{k: settings.get(k) for k in SETTINGS_KEYS},
+            'sampler_flag': settings.get('sampler_flag', cfg.sampler), 'name': sample_name(cfg),
+            'fid_cache': cfg.fid_cache, 'data_type': cfg.data_type}
 
 
-def sample_for_eval(cfg, sampler, rank, world_size, device):
-    """--eval's num_images samples (split over torchrun ranks, gathered on rank 0, saved there).
+def sample_for_eval(cfg, sampler, rank, world_size, device, settings):
+    """--eval's num_images samples (split over torchrun ranks, gathered on rank 0, saved there
+    with their `settings`). Image i is the same whatever the number of ranks (generate).
     Returns (images, labels) on rank 0 and (None, None) on the other ranks."""
     lo = rank * cfg.num_images // world_size
     hi = (rank + 1) * cfg.num_images // world_size
     desc = f'sampling omega={cfg.omega}' + (f' (rank {rank})' if world_size > 1 else '')
     images, labels = generate(sampler, hi - lo, cfg.batch_size, cfg.img_size, device,
-                              cfg.sample_method, cfg.omega, cfg.seed + rank, desc)
+                              cfg.sample_method, cfg.omega, cfg.seed, desc, first_index=lo)
     if world_size > 1:
         parts = [None] * world_size if rank == 0 else None
         dist.gather_object((images, labels), parts, dst=0)
@@ -288,17 +372,19 @@ def sample_for_eval(cfg, sampler, rank, world_size, device):
     files = run_files(cfg)
     save_npy(files['samples'], images)
     save_npy(files['labels'], labels)
+    save_settings(files['sampler'], {**settings, 'sampler_flag': cfg.sampler, 'seed': cfg.seed})
     return images, labels
 
 
-def score_and_record(cfg, images, labels, ckpt, device):
-    """Features, metrics and result files of one sample set; returns the results dict."""
+def score_and_record(cfg, images, labels, ckpt, device, settings):
+    """Features, metrics and result files of one sample set drawn with the sampler `settings`;
+    returns the results dict."""
     files = run_files(cfg)
     if images is not None:
         save_visual(np.asarray(images[:256]), files['visual'])
     feats, probs, labels = features_of(images, labels, files, cfg, device, reuse=cfg.sampled)
     results, rows = compute_metrics(cfg, feats, probs, labels, class_counts_of(cfg, ckpt), device)
-    written = record(cfg, files, results, rows, sampler_record(cfg))
+    written = record(cfg, files, results, rows, sampler_record(cfg, settings))
     samples = [] if cfg.sampled else [files['samples'], files['labels']]
     print(f'wrote results to {", ".join(written)}; samples and features: '
           f'{", ".join(samples + [files["feats"]])}')
@@ -319,18 +405,21 @@ def evaluate(cfg):
     else:
         rank, world_size, device = setup_distributed()
         model, num_class, ckpt = load_ema_model(cfg, device)
-        sampler = build_sampler(cfg, model, num_class).to(device)
+        sampler = build_sampler(cfg, model, num_class, 'eval').to(device)
     table = []
     for omega in omegas:
         run_cfg = copy.copy(cfg)
         run_cfg.omega = omega
         if cfg.sampled:
             images, labels = load_saved(run_files(run_cfg), run_cfg)
+            settings = saved_settings(run_files(run_cfg)['sampler'])
         else:
-            images, labels = sample_for_eval(run_cfg, sampler, rank, world_size, device)
+            settings = sampler.settings(cfg.sample_method, omega)
+            images, labels = sample_for_eval(run_cfg, sampler, rank, world_size, device,
+                                             settings)
         if rank == 0:
             table.append({'omega': omega, **score_and_record(run_cfg, images, labels, ckpt,
-                                                             device)})
+                                                             device, settings)})
     if world_size > 1:
         dist.destroy_process_group()
     if rank != 0:
@@ -366,7 +455,7 @@ def write_sweep(cfg, table):
 def evaluate_during_training(cfg, ema_model, dataset, step, writer, out_dir):
     """--eval_step: evaluate the EMA model now, log to tensorboard and eval.jsonl."""
     device = next(ema_model.parameters()).device
-    sampler = build_sampler(cfg, ema_model, dataset.num_class).to(device)
+    sampler = build_sampler(cfg, ema_model, dataset.num_class, 'eval').to(device)
     method = cfg.sample_method if cfg.conditional else 'uncond'
     images, labels = generate(sampler, cfg.num_images, cfg.batch_size, cfg.img_size, device,
                               method, cfg.omega, cfg.seed, f'eval step {step}')
@@ -378,4 +467,5 @@ def evaluate_during_training(cfg, ema_model, dataset, step, writer, out_dir):
     for key, value in results.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             writer.add_scalar(f'eval/{key}', value, step)
-    record(run_cfg, files, results, rows, {**sampler_record(run_cfg), 'during_training': True})
+    record(run_cfg, files, results, rows, {**sampler_record(run_cfg, sampler.settings(
+        method, cfg.omega)), 'during_training': True})

@@ -50,7 +50,7 @@ def test_eval_then_sampled(setup):
     name = 'saved_N40_STEP2'
     samples = np.load(logdir / f'cfg_1.0_samples_ema_{name}.npy')
     labels = np.load(logdir / f'cfg_1.0_labels_ema_{name}.npy')
-    assert samples.shape == (40, 3, 8, 8) and 0 <= samples.min() and samples.max() <= 1
+    assert samples.shape == (40, 3, 8, 8) and len(np.unique(samples.reshape(40, -1), axis=0)) == 40
     assert labels.shape == (40,) and labels.min() >= 0 and labels.max() < 10
     feats = np.load(logdir / f'cfg_1.0_feats_ema_{name}.npz')
     assert feats['feats'].shape == (40, 2048) and feats['probs'].shape == (40, 1008)
@@ -114,9 +114,9 @@ def test_eval_split_across_two_processes(setup):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, OMP_NUM_THREADS='1', **env))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert np.load(logdir / 'cfg_0.0_samples_ema_ddp_N11_STEP2.npy').shape == (11, 3, 8, 8)
+    assert np.load(logdir / 'cfg_0.0_samples_ema_ddp_N11_STEP2_ddim5quad.npy').shape == (11, 3, 8, 8)
     records = [json.loads(r) for r in (logdir / 'eval.jsonl').read_text().splitlines()]
-    assert sum(r['name'] == 'ddp_N11_STEP2' for r in records) == 1
+    assert sum(r['name'] == 'ddp_N11_STEP2_ddim5quad' for r in records) == 1
 
 
 def test_omega_sweep(setup):
@@ -129,7 +129,7 @@ def test_omega_sweep(setup):
                    '--amp=bf16', '--sample_name=sweep', f'--fid_cache={tmp}/stats/cifar10.train.npz',
                    *GROUPS, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    name = 'sweep_N24_STEP2'
+    name = 'sweep_N24_STEP2_dpm++2m5lu'
     labels = [np.load(logdir / f'cfg_{w}_labels_ema_{name}.npy') for w in ('0.0', '1.5', '3.0')]
     assert all((lab == labels[0]).all() for lab in labels)  # the same labels for every omega
     samples = [np.load(logdir / f'cfg_{w}_samples_ema_{name}.npy') for w in ('0.0', '1.5', '3.0')]
@@ -156,7 +156,8 @@ def test_sample_grid_rows_are_labelled(setup):
                    '--sample_method=cond', '--sample_size=7', '--sampler=unipc',
                    '--sample_steps=4', env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (logdir / 'sample_cond_0.0_STEP2_labelled.png').stat().st_size > 1000
-    labels = np.load(logdir / 'sample_cond_0.0_STEP2_labels.npy')
+    stem = 'sample_cond_0.0_STEP2_unipc4exponential_clip'
+    assert (logdir / f'{stem}_labelled.png').stat().st_size > 1000
+    labels = np.load(logdir / f'{stem}_labels.npy')
     assert labels.tolist() == grid_labels(10, 7)[0].tolist() and len(set(labels)) == 7
-    assert 'sample_cond_0.0_STEP2_labelled.png' in out.stdout.strip().splitlines()[-1]
+    assert f'{stem}_labelled.png' in out.stdout.strip().splitlines()[-1]

@@ -74,10 +74,10 @@ def test_sample_entry_writes_class_rows_and_arrays(run):
     out = run_main('--notrain', '--sample', f'--flagfile={run}/flagfile.txt', '--ckpt_step=59',
                    '--sample_method=cfg', '--omega=1.0', '--sampler=ddim', '--sample_steps=10')
     assert out.returncode == 0, out.stderr[-3000:]
-    stem = run / 'sample_cfg_1.0_STEP59'
+    stem = run / 'sample_cfg_1.0_STEP59_ddim10quad_clip'
     images = np.load(f'{stem}.npy')
     labels = np.load(f'{stem}_labels.npy')
-    assert images.shape == (20, 3, 8, 8) and images.min() >= 0 and images.max() <= 1
+    assert images.shape == (20, 3, 8, 8) and len(np.unique(images.reshape(20, -1), axis=0)) == 20
     assert labels.tolist() == np.repeat(np.arange(10), 2).tolist()
     assert os.path.isfile(f'{stem}.png')
 
