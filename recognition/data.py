@@ -51,15 +51,27 @@ class TrainingSet(Dataset):
 class EpochBatchSampler(Sampler):
     """Batches of one epoch from batch `start` on: the permutation of epoch e comes from a
     torch.Generator seeded with seed * 1_000_003 + e, so a resumed run sees the same batches.
-    A last batch of a single image is dropped (BatchNorm needs two)."""
+    A last batch of a single image is dropped (BatchNorm needs two).
 
-    def __init__(self, n, batch_size, seed, epoch, start=0):
+    `resample_targets` (--cls_resample): the labels of the first len(resample_targets) items
+    (the real images). They are then replaced by as many draws with replacement, each class
+    equally likely and uniform within a class (per-image probability proportional to
+    1 / n_{y}); the other items (generated images) stay once each; then the whole epoch is
+    permuted. The epoch keeps its length n; the draws come from the same seeded generator."""
+
+    def __init__(self, n, batch_size, seed, epoch, start=0, resample_targets=None):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.epoch, self.start = epoch, start
+        self.resample_targets = resample_targets
 
     def batches(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
+        if self.resample_targets is None:
+            perm = torch.randperm(self.n, generator=g).tolist()
+        else:
+            items = torch.cat([balanced_draw(self.resample_targets, g),
+                               torch.arange(len(self.resample_targets), self.n)])
+            perm = items[torch.randperm(self.n, generator=g)].tolist()
         out = [perm[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
         return out[:-1] if len(out) > 1 and len(out[-1]) < 2 else out
 
@@ -68,6 +80,15 @@ class EpochBatchSampler(Sampler):
 
     def __len__(self):
         return max(len(self.batches()) - self.start, 0)
+
+
+def balanced_draw(targets, generator):
+    """len(targets) indices into `targets` (int64 tensor), drawn with replacement so that every
+    class present is equally likely (probability 1 / (K n_c) per item of class c, K classes)."""
+    targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    counts = torch.bincount(targets).double()
+    weights = 1.0 / counts[targets]
+    return torch.multinomial(weights, len(targets), replacement=True, generator=generator)
 
 
 def synthetic_dataset(images, labels, num_class, img_size):

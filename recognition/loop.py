@@ -10,7 +10,8 @@ from tqdm import tqdm
 import dataset as D
 from checkpoint import save_checkpoint
 from recognition.data import EpochBatchSampler, TrainingSet, augment, make_loader, synthetic_dataset
-from recognition.losses import weighted_loss
+from recognition.losses import (LongTailLoss, counts_source, loss_settings, training_settings,
+                                uses_cosine_head)
 from recognition.models import build_classifier
 from recognition.reports import GROUPS, accuracy_report, evaluate_and_report, test_results
 from runfolder import StopRequest, newest_loadable_checkpoint, rng_state, set_rng_state
@@ -50,7 +51,7 @@ def classifier_from_run(folder, device):
         raise UserError(f'--filter_logdir {folder}: no classifier checkpoint (ckpt_*.pt of '
                         f'main.py --classify) there')
     path, ckpt = found
-    model = build_classifier(ckpt['arch'], ckpt['num_class'])
+    model = build_classifier(ckpt['arch'], ckpt['num_class'], cosine=ckpt.get('cosine', False))
     model.load_state_dict(ckpt['model'])
     return model.to(device).eval(), ckpt['num_class']
 
@@ -70,9 +71,37 @@ def build_training(cfg, inputs, synthetic):
     return data, weight, gen_counts
 
 
+def build_criterion(cfg, inputs, gen_counts):
+    """The --cls_loss of the run (recognition.losses.LongTailLoss) and the class counts it
+    uses: those of the real training set, plus the generated images with
+    --cls_counts_with_synthetic, or those of the generated images alone with --synthetic_only."""
+    source = counts_source(cfg.synthetic_only, cfg.cls_counts_with_synthetic,
+                           int(gen_counts.sum()) > 0)
+    counts = {'real': inputs.real.class_counts, 'generated': gen_counts,
+              'real+generated': inputs.real.class_counts + gen_counts}[source]
+    return LongTailLoss(cfg.cls_loss, counts, cfg.cls_drw_epoch, cfg.cls_la_tau), source
+
+
+def check_resumable(path, ckpt, settings):
+    """UserError unless the checkpoint was trained with `settings` (losses.training_settings:
+    the loss, its parameters, its counts, the re-sampling); a checkpoint written before
+    --cls_loss existed was plain cross-entropy without re-sampling."""
+    saved = ckpt.get('training') or dict(loss_settings('ce', 0, 1.0), loss_counts=None,
+                                         resample=False)
+    differ = [k for k in settings if saved.get(k) != settings[k]]
+    if 'cls_loss' in differ:  # its parameters differ with it
+        differ = [k for k in differ if k in ('cls_loss', 'resample')]
+    if differ:
+        got = ', '.join(f'{k} {saved.get(k)}' for k in differ)
+        want = ', '.join(f'{k} {settings[k]}' for k in differ)
+        raise UserError(f'checkpoint {path} was trained with {got}, not {want}; use another '
+                        f'--logdir or --noresume')
+
+
 def new_state(cfg, num_class, device):
     """Model, SGD optimiser and the per-epoch LambdaLR schedule of the protocol."""
-    model = build_classifier(cfg.cls_arch, num_class).to(device)
+    model = build_classifier(cfg.cls_arch, num_class,
+                             cosine=uses_cosine_head(cfg.cls_loss)).to(device)
     optim = torch.optim.SGD(model.parameters(), lr=cfg.cls_lr, momentum=cfg.cls_momentum,
                             weight_decay=cfg.cls_wd)
     milestones = sorted(cfg.cls_milestones)
@@ -87,6 +116,10 @@ def run_training(cfg, inputs, synthetic, device):
     out_dir = cfg.logdir
     os.makedirs(out_dir, exist_ok=True)
     data, weight, gen_counts = build_training(cfg, inputs, synthetic)
+    criterion, _ = build_criterion(cfg, inputs, gen_counts)
+    settings = training_settings(cfg, int(gen_counts.sum()) > 0)
+    # --cls_resample: the real images (the first data.n_real items) are drawn class-balanced
+    resample = data.targets[:data.n_real] if cfg.cls_resample and data.n_real else None
     torch.manual_seed(cfg.seed)
     model, optim, sched = new_state(cfg, inputs.num_class, device)
     per_epoch = len(EpochBatchSampler(len(data), cfg.cls_batch_size, cfg.seed, 0).batches())
@@ -94,6 +127,7 @@ def run_training(cfg, inputs, synthetic, device):
     found = newest_classifier_checkpoint(out_dir) if cfg.resume else None
     if found:
         path, ckpt = found
+        check_resumable(path, ckpt, settings)
         try:
             model.load_state_dict(ckpt['model'])
         except RuntimeError:
@@ -116,6 +150,7 @@ def run_training(cfg, inputs, synthetic, device):
 
     def save(epoch, batch, stats):
         state = {'kind': 'classifier', 'arch': cfg.cls_arch, 'num_class': inputs.num_class,
+                 'cosine': uses_cosine_head(cfg.cls_loss), 'training': settings,
                  'model': model.state_dict(), 'optim': optim.state_dict(),
                  'sched': sched.state_dict(), 'epoch': epoch, 'batch': batch, 'stats': stats,
                  'rng': rng_state(), 'class_counts': inputs.real.class_counts}
@@ -123,10 +158,12 @@ def run_training(cfg, inputs, synthetic, device):
 
     with StopRequest() as stop:
         while epoch < cfg.cls_epochs:
-            sampler = EpochBatchSampler(len(data), cfg.cls_batch_size, cfg.seed, epoch, batch)
+            sampler = EpochBatchSampler(len(data), cfg.cls_batch_size, cfg.seed, epoch, batch,
+                                        resample_targets=resample)
             loader = make_loader(data, sampler, cfg, device)
+            announce_class_weights(criterion, epoch, batch)
             batch, stats = train_epoch(cfg, model, optim, loader, weight, device, epoch, batch,
-                                       per_epoch, stats, stop)
+                                       per_epoch, stats, stop, criterion)
             if batch < per_epoch:  # stopped by a signal inside the epoch
                 path = save(epoch, batch, stats)
                 print(f'{stop.signal}: saved {path}; run the same command again to resume')
@@ -145,9 +182,20 @@ def run_training(cfg, inputs, synthetic, device):
     return 'done'
 
 
-def train_epoch(cfg, model, optim, loader, weight, device, epoch, batch, per_epoch, stats, stop):
+def announce_class_weights(criterion, epoch, batch):
+    """Print the DRW class weights when they switch on (first batch of the switch epoch)."""
+    weights = criterion.class_weights(epoch)
+    if weights is not None and epoch == criterion.drw_epoch and batch == 0:
+        shown = ', '.join(f'{w:.3g}' for w in weights[:10].tolist())
+        print(f'epoch {epoch + 1}: deferred re-weighting from now on, class weights {shown}'
+              f'{", ..." if len(weights) > 10 else ""}')
+
+
+def train_epoch(cfg, model, optim, loader, weight, device, epoch, batch, per_epoch, stats, stop,
+                criterion):
     """Batches `batch`.. of one epoch; stops early after the batch in which a signal arrived.
-    stats = [loss sum, correct, seen] of the epoch so far. Returns (next batch, stats)."""
+    stats = [loss sum, correct, seen] of the epoch so far; `criterion(logits, y, sample weights,
+    epoch)` the loss (recognition.losses.LongTailLoss). Returns (next batch, stats)."""
     model.train()
     pad = cfg.img_size // 8
     hflip = D.allows_hflip(cfg.data_type)
@@ -158,7 +206,7 @@ def train_epoch(cfg, model, optim, loader, weight, device, epoch, batch, per_epo
             y = y.to(device, non_blocking=True)
             w = torch.where(generated, weight, 1.0).to(device)
             logits = model(x)
-            loss = weighted_loss(logits, y, w)
+            loss = criterion(logits, y, w, epoch)
             if not torch.isfinite(loss):
                 raise UserError(f'epoch {epoch + 1}, batch {batch}: the loss is {loss.item()}; '
                                 f'lower --cls_lr, then resume')

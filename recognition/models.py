@@ -11,12 +11,16 @@
 Every model maps float B x 3 x H x W images in [-1, 1] to B x num_class logits as
 `head(features(x))`: `features` gives the penultimate (pooled) B x feature_dim vectors, `head` is
 the last layer (nn.Linear(feature_dim, num_class)), so the feature-level augmentation can encode
-images and re-train the head alone.
+images and re-train the head alone. `build_classifier(..., cosine=True)` replaces the head by
+`NormedLinear` (LDAM-DRW's cosine classifier, used with --cls_loss ldam_drw): its outputs are
+cosines in [-1, 1], which the loss scales by s = 30; `predict` scales them likewise, so the
+probabilities are those the loss trained.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recognition.losses import LDAM_S
 from utils import UserError
 
 TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
@@ -122,18 +126,44 @@ class TorchvisionClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def build_classifier(arch, num_class):
-    """The `--cls_arch` model with `num_class` outputs, randomly initialised (CPU)."""
+class NormedLinear(nn.Module):
+    """Cosine classifier of LDAM-DRW: B x in_features -> B x out_features cosines in [-1, 1],
+    normalize(x) @ normalize(W, columns), W in_features x out_features (no bias). W starts
+    uniform in [-1, 1] with unit-norm columns."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        w = torch.empty(in_features, out_features).uniform_(-1, 1)
+        self.weight = nn.Parameter(F.normalize(w, dim=0))
+
+    def forward(self, x):
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=0)
+
+
+def build_classifier(arch, num_class, cosine=False):
+    """The `--cls_arch` model with `num_class` outputs, randomly initialised (CPU); with
+    `cosine` its head is a NormedLinear (--cls_loss ldam_drw)."""
     if arch == 'resnet32':
-        return ResNet32(num_class)
-    if arch == 'cnn':
-        return SmallCNN(num_class)
-    if arch in TORCHVISION_ARCHS:
+        model = ResNet32(num_class)
+    elif arch == 'cnn':
+        model = SmallCNN(num_class)
+    elif arch in TORCHVISION_ARCHS:
         import torchvision
         # weights=None: random init, so torchvision never tries to download anything
-        return TorchvisionClassifier(getattr(torchvision.models, arch)(weights=None,
-                                                                     num_classes=num_class))
-    raise UserError(f'--cls_arch {arch!r}: choose one of {", ".join(ARCHS)}')
+        model = TorchvisionClassifier(getattr(torchvision.models, arch)(weights=None,
+                                                                      num_classes=num_class))
+    else:
+        raise UserError(f'--cls_arch {arch!r}: choose one of {", ".join(ARCHS)}')
+    if cosine:
+        model.head = NormedLinear(model.feature_dim, num_class)
+    return model
+
+
+def logit_scale(model):
+    """The factor the training loss applies to the model's outputs: LDAM's s for a cosine
+    head, else 1."""
+    return LDAM_S if isinstance(model.head, NormedLinear) else 1.0
 
 
 def num_parameters(model):
@@ -143,11 +173,13 @@ def num_parameters(model):
 @torch.no_grad()
 def predict(model, loader, device):
     """Predictions of `model` over a loader of (x, y, ...) batches: (probs N x C float32,
-    labels N int64) as CPU tensors; the model is put in eval mode."""
+    labels N int64) as CPU tensors; the model is put in eval mode. A cosine head's outputs are
+    scaled by `logit_scale` first (the probabilities its loss trained)."""
     model.eval()
+    scale = logit_scale(model)
     probs, labels = [], []
     for batch in loader:
         x, y = batch[0], batch[1]
-        probs.append(model(x.to(device)).float().softmax(1).cpu())
+        probs.append((scale * model(x.to(device)).float()).softmax(1).cpu())
         labels.append(y.cpu())
     return torch.cat(probs), torch.cat(labels).long()

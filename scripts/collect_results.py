@@ -4,14 +4,17 @@
     python scripts/collect_results.py [LOG_ROOT] [--csv]
 
 Reads every LOG_ROOT/*/eval.jsonl (one JSON object per evaluation, written by
-`main.py --eval`, and by `main.py --classify` for classifier runs); for each run, checkpoint,
+`main.py --eval`, and by `main.py --classify` for classifier runs) and LOG_ROOT/*/feature_aug/
+eval.jsonl (`--classify --feature_aug`, shown as run RUN/feature_aug); for each run, checkpoint,
 sample method and omega the last line wins. Missing values are shown as '-' (empty cells in
 CSV). Pure python: json and argparse only.
 
-When classifier runs are present, the table gains the columns classifier (ce, ce+synthetic or
-cas), top1, top1_many, top1_medium and top1_few right after FID; a classifier trained on
-images of a generator run (--synthetic_logdir) shows that generator's FID when LOG_ROOT holds
-its evaluation with the same checkpoint, sample method and omega.
+When classifier runs are present, the table gains the columns classifier (the recipe: the
+loss, +resample, +synthetic, or cas), loss (--cls_loss with its parameters, e.g.
+`ldam_drw (drw 160)`, `logit_adjust (tau 1.0)`, and the class counts it uses when they are not
+the real training set's), top1, top1_many, top1_medium and top1_few right after FID; a
+classifier trained on images of a generator run (--synthetic_logdir) shows that generator's FID
+when LOG_ROOT holds its evaluation with the same checkpoint, sample method and omega.
 """
 import argparse
 import csv
@@ -44,6 +47,7 @@ COLUMNS = [
 # the long-tailed recognition columns, added when a classifier run is present
 ACC_COLUMNS = [
     ('classifier', 'mode', None),
+    ('loss', 'loss', None),
     ('top1', 'top1', '.3f'),
     ('top1_many', 'top1_many', '.3f'),
     ('top1_medium', 'top1_medium', '.3f'),
@@ -62,6 +66,28 @@ def columns_of(records):
         return COLUMNS
     at = [h for h, _, _ in COLUMNS].index('FID') + 1
     return COLUMNS[:at] + ACC_COLUMNS + COLUMNS[at:]
+
+
+def loss_label(rec):
+    """--cls_loss of a classifier record with its parameters, e.g. 'ce_drw (drw 160)',
+    'logit_adjust (tau 1.0, counts real+generated)'; records older than --cls_loss are 'ce'."""
+    params = []
+    if rec.get('drw_epoch') is not None:
+        params.append(f'drw {rec["drw_epoch"]}')
+    if rec.get('la_tau') is not None:
+        params.append(f'tau {rec["la_tau"]}')
+    if rec.get('loss_counts') not in (None, 'real'):
+        params.append(f'counts {rec["loss_counts"]}')
+    name = rec.get('cls_loss') or 'ce'
+    return f'{name} ({", ".join(params)})' if params else name
+
+
+def attach_loss_labels(records):
+    """Give each classifier record its 'loss' label (see loss_label)."""
+    for rec in records:
+        if is_classifier(rec):
+            rec['loss'] = loss_label(rec)
+    return records
 
 
 def attach_generator_fid(records):
@@ -109,8 +135,11 @@ def collect(log_root):
     """[record] of the last evaluation per (run, ckpt_step, sample_method, omega), sorted;
     each record gets 'run' = the name of its run folder."""
     latest = {}
-    for path in sorted(glob.glob(os.path.join(glob.escape(log_root), '*', 'eval.jsonl'))):
-        run = os.path.basename(os.path.dirname(path))
+    root = glob.escape(log_root)
+    paths = (glob.glob(os.path.join(root, '*', 'eval.jsonl'))
+             + glob.glob(os.path.join(root, '*', 'feature_aug', 'eval.jsonl')))
+    for path in sorted(paths):
+        run = os.path.relpath(os.path.dirname(path), log_root)
         for rec in read_jsonl(path):
             rec = dict(rec, run=run)
             key = (run, rec.get('ckpt_step'), rec.get('sample_method'),
@@ -173,7 +202,7 @@ def main(argv=None):
     if not os.path.isdir(args.log_root):
         print(f'error: {args.log_root}: no such folder', file=sys.stderr)
         return 1
-    records = attach_generator_fid(collect(args.log_root))
+    records = attach_loss_labels(attach_generator_fid(collect(args.log_root)))
     if not records:
         print(f'error: no evaluations found ({args.log_root}/*/eval.jsonl)', file=sys.stderr)
         return 1

@@ -166,3 +166,13 @@ def test_batch_larger_than_the_data_set(tmp_path):
     fails(*train_args(tmp_path / 'run', '--batch_size=5000'),
           expect=['--batch_size 5000', '609 images'])
     assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('loss', ['ldam_drw', 'balanced_softmax', 'logit_adjust', 'ce_drw'])
+def test_a_loss_that_needs_counts_refuses_an_empty_class_before_writing(tmp_path, loss):
+    """digits-LT at imbalance 0.001 leaves classes 7-9 without images: the losses built on
+    class counts cannot take that; the run stops before its folder exists."""
+    logdir = tmp_path / 'cls'
+    last = fails('--flagfile', 'config/classify_digitslt.txt', '--imb_factor=0.001',
+                 f'--cls_loss={loss}', f'--logdir={logdir}', expect=['--cls_loss', '[7, 8, 9]'])
+    assert 'no training images' in last and not logdir.exists()

@@ -26,7 +26,7 @@ SCRIPT_ENV = ('DATA_ROOT', 'LOG_ROOT', 'DRY_RUN', 'EXTRA_FLAGS', 'STATS_DIR', 'F
               'DATASETS', 'TOTAL_STEPS', 'BATCH_SIZE', 'SAVE_STEP', 'SAMPLE_STEP', 'EVAL_CKPT',
               'OMEGA', 'EVAL_BATCH', 'NUM_IMAGES', 'SAMPLE_METHOD', 'RUN_NAME', 'FT_CKPT',
               'DDPM_RUN', 'CLS_ROWS', 'CLS_EPOCHS', 'SYN_FILL', 'CAS_FILL', 'SYN_WEIGHT',
-              'SAMPLER', 'SAMPLE_STEPS', 'SAMPLE_BATCH', 'SEEDS')
+              'SAMPLER', 'SAMPLE_STEPS', 'SAMPLE_BATCH', 'SEEDS', 'ROWS', 'DRW_EPOCH', 'TABLE')
 TINY = ('--ch 32 --ch_mult 1 --attn -1 --num_res_blocks 1 --T 20 --batch_size 4 --img_size 8 '
         '--num_workers 0 --sample_size 4 --warmup 2 --dropout 0 --fid_use_torch')
 
@@ -323,6 +323,15 @@ def test_collect_results(tmp_path):
         **{'F_1/8': '0.800'}, FID_head='5.00', FID_medium='7.25', FID_tail='12.00',
         recall_head='0.600', recall_medium='0.500', recall_tail='-')
 
+    # a --feature_aug stage's record, in RUN/feature_aug/eval.jsonl, is a row of its own
+    write_jsonl(tmp_path / 'cls' / 'feature_aug' / 'eval.jsonl', [
+        {'kind': 'classify', 'mode': 'feature_aug', 'top1': 0.9, 'top1_few': 0.8}])
+    p = collect(tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert any(line.startswith('| cls/feature_aug |') and '0.900' in line
+               for line in p.stdout.splitlines()), p.stdout
+    (tmp_path / 'cls' / 'feature_aug' / 'eval.jsonl').unlink()
+
     p = collect(tmp_path, '--csv')
     assert p.returncode == 0, p.stderr
     table = list(csv.DictReader(io.StringIO(p.stdout)))
@@ -419,7 +428,14 @@ def test_collect_results_accuracy_columns(tmp_path):
          'num_images': 50000}])
     write_jsonl(tmp_path / 'cifar10lt_cls_ce' / 'eval.jsonl', [
         {'kind': 'classify', 'mode': 'ce', 'top1': 0.7, 'top1_many': 0.9, 'top1_medium': 0.7,
-         'top1_few': None}])
+         'top1_few': None}])                                        # older than --cls_loss
+    write_jsonl(tmp_path / 'cifar10lt_cls_ldam' / 'eval.jsonl', [
+        {'kind': 'classify', 'mode': 'ldam_drw+resample', 'cls_loss': 'ldam_drw',
+         'drw_epoch': 160, 'la_tau': None, 'loss_counts': 'real', 'resample': True,
+         'top1': 0.8}])
+    write_jsonl(tmp_path / 'cifar10lt_cls_la' / 'eval.jsonl', [
+        {'kind': 'classify', 'mode': 'logit_adjust+synthetic', 'cls_loss': 'logit_adjust',
+         'drw_epoch': None, 'la_tau': 0.5, 'loss_counts': 'real+generated', 'top1': 0.8}])
     write_jsonl(tmp_path / 'cifar10lt_cls_cbdm' / 'eval.jsonl', [
         {'kind': 'classify', 'mode': 'ce+synthetic', 'generator': 'cifar10lt_ltdm',
          'ckpt_step': 300000, 'sample_method': 'cfg', 'omega': 1.6, 'top1': 0.75,
@@ -429,14 +445,125 @@ def test_collect_results_accuracy_columns(tmp_path):
     lines = p.stdout.strip().splitlines()
     header = [c.strip() for c in lines[0].strip('|').split('|')]
     at = header.index('FID') + 1                                     # beside FID
-    assert header[at:at + 5] == ['classifier', 'top1', 'top1_many', 'top1_medium', 'top1_few']
-    assert header[at + 5] == 'IS' and len(header) == 17 + 5
+    assert header[at:at + 6] == ['classifier', 'loss', 'top1', 'top1_many', 'top1_medium',
+                                 'top1_few']
+    assert header[at + 6] == 'IS' and len(header) == 17 + 6
     rows = {r['run']: r for r in (dict(zip(header, (c.strip() for c in line.strip('|').split('|'))))
                                   for line in lines[2:])}
     assert rows['cifar10lt_cls_ce']['top1'] == '0.700' and rows['cifar10lt_cls_ce']['top1_few'] == '-'
     assert rows['cifar10lt_cls_ce']['FID'] == '-' and rows['cifar10lt_cls_ce']['classifier'] == 'ce'
+    assert rows['cifar10lt_cls_ce']['loss'] == 'ce'
+    assert rows['cifar10lt_cls_ldam']['loss'] == 'ldam_drw (drw 160)'
+    assert rows['cifar10lt_cls_ldam']['classifier'] == 'ldam_drw+resample'
+    assert rows['cifar10lt_cls_la']['loss'] == 'logit_adjust (tau 0.5, counts real+generated)'
+    assert rows['cifar10lt_ltdm']['loss'] == '-'
     cbdm = rows['cifar10lt_cls_cbdm']
     assert cbdm['FID'] == '5.50' and cbdm['top1_few'] == '0.610'   # the generator's FID beside
     assert rows['cifar10lt_ltdm']['top1'] == '-'
     table = list(csv.DictReader(io.StringIO(collect(tmp_path, '--csv').stdout)))
-    assert {r['top1'] for r in table} == {'', '0.7', '0.75'}
+    assert {r['top1'] for r in table} == {'', '0.7', '0.75', '0.8'}
+
+
+# --------------------------------------------------------------------------------------------
+# (f) the MNIST-LT long-tail baselines: scripts/mnistlt_baselines.sh and scripts/table_seeds.py
+# --------------------------------------------------------------------------------------------
+BASELINE_ROWS = ['ce', 'ce_drw', 'ldam_drw', 'balanced_softmax', 'logit_adjust', 'ce_resample']
+
+
+def echoed(stdout):
+    """(main.py commands, table_seeds.py commands) echoed by `run`, as token lists."""
+    mains, tables = [], []
+    for line in stdout.splitlines():
+        if line.startswith('+ '):
+            tokens = shlex.split(line[2:])
+            (mains if tokens[1] == 'main.py' else tables).append(tokens[1:])
+    return mains, tables
+
+
+def test_mnistlt_baselines_dry_run(tmp_path):
+    logs, table = tmp_path / 'logs', tmp_path / 'table.md'
+    p = run_script('mnistlt_baselines.sh', '--dry-run', logs, table)
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert os.listdir(tmp_path) == []
+    mains, tables = echoed(p.stdout)
+    cmds = [parse_flags(c[1:]) for c in mains]
+    assert [v['--logdir'] for v, _ in cmds] == [str(logs / f'mnistlt_cls_{r}_s{s}')
+                                                for s in range(3) for r in BASELINE_ROWS]
+    for (values, switches), row in zip(cmds, BASELINE_ROWS * 3):
+        assert values['--flagfile'] == './config/classify_mnistlt.txt'
+        assert values['--cls_loss'] == ('ce' if row == 'ce_resample' else row)
+        assert ('--cls_resample' in switches) == (row == 'ce_resample')
+        assert '--cls_epochs' not in values            # the config's schedule
+    [t] = tables
+    assert t[:3] == ['scripts/table_seeds.py', str(logs), '--runs']
+    assert t[t.index('--out') + 1] == str(table)
+    # done runs are skipped; environment overrides; bad input
+    done = logs / 'mnistlt_cls_ce_s1'
+    done.mkdir(parents=True)
+    (done / 'eval.jsonl').write_text('{}\n')
+    p = run_script('mnistlt_baselines.sh', '-n', logs, table, SEEDS='1', ROWS='ce ldam_drw',
+                   CLS_EPOCHS=5, DRW_EPOCH=4)
+    assert p.returncode == 0, p.stderr
+    [(values, _)] = [parse_flags(c[1:]) for c in echoed(p.stdout)[0]]
+    assert values['--logdir'] == str(logs / 'mnistlt_cls_ldam_drw_s1')
+    assert values['--cls_epochs'] == '5' and values['--cls_drw_epoch'] == '4'
+    assert 'skip ce seed 1' in p.stdout
+    for bad in (dict(ROWS='ce focal'), dict(SEEDS='0 x'), dict(CLS_EPOCHS='0'),
+                dict(DRW_EPOCH='-1')):
+        p = run_script('mnistlt_baselines.sh', '-n', logs, table, **bad)
+        assert p.returncode != 0 and list(bad)[0] in p.stderr, (bad, p.stderr)
+
+
+def test_mnistlt_baselines_tiny_run_writes_the_table(tmp_path):
+    logs, table = tmp_path / 'logs', tmp_path / 'docs' / 'table.md'
+    env = dict(SEEDS='0', ROWS='ce ldam_drw', CLS_EPOCHS=1,
+               EXTRA_FLAGS='--cls_eval_every 0 --cls_batch_size 128')
+    p = run_script('mnistlt_baselines.sh', logs, table, timeout=600, **env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    recs = {r: json.loads((logs / f'mnistlt_cls_{r}_s0' / 'eval.jsonl').read_text())
+            for r in ('ce', 'ldam_drw')}
+    assert recs['ldam_drw']['cls_loss'] == 'ldam_drw' and recs['ldam_drw']['epochs'] == 1
+    assert recs['ce']['data_type'] == 'mnistlt' and recs['ce']['test_images'] == 1000
+    lines = table.read_text().splitlines()
+    assert lines[0] == '| loss | seeds | top-1 | many | medium | few |'
+    rows = {line.split(' | ')[0].lstrip('| '): line for line in lines[2:]}
+    assert list(rows) == ['cross-entropy', 'LDAM-DRW']
+    for label, row in (('cross-entropy', 'ce'), ('LDAM-DRW', 'ldam_drw')):
+        cells = [c.strip() for c in rows[label].strip('|').split('|')]
+        rec = recs[row]
+        want = [f'{100 * rec[k]:.1f}' if rec[k] is not None else '-'
+                for k in ('top1', 'top1_many', 'top1_medium', 'top1_few')]
+        assert cells[1:] == ['1'] + want                # one seed: no ± part
+    # a second call runs nothing and rewrites the same table
+    before = table.read_text()
+    p = run_script('mnistlt_baselines.sh', logs, table, **env)
+    assert p.returncode == 0 and not echoed(p.stdout)[0] and 'skip ldam_drw seed 0' in p.stdout
+    assert table.read_text() == before
+
+
+def test_table_seeds_mean_and_std(tmp_path):
+    def rec(top1, few):
+        return {'kind': 'classify', 'top1': top1, 'top1_many': 0.9, 'top1_medium': None,
+                'top1_few': few, 'cls_loss': 'ce'}
+    for seed, (t, f) in enumerate([(0.80, 0.5), (0.82, 0.6), (0.84, None)]):
+        write_jsonl(tmp_path / f'x_ce_s{seed}' / 'eval.jsonl', [rec(t, f)])
+    write_jsonl(tmp_path / 'x_la_s0' / 'eval.jsonl', [rec(0.9, 0.7)])
+    write_jsonl(tmp_path / 'other_s0' / 'eval.jsonl', [rec(0.1, 0.1)])
+    script = os.path.join(SCRIPTS, 'table_seeds.py')
+    p = subprocess.run([sys.executable, script, str(tmp_path), '--runs', 'x_*', '--order',
+                        'x_la', '--label', 'x_ce=CE'], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == '| runs | seeds | top-1 | many | medium | few |'
+    # mean 82.0, sample std 2.0 over three seeds; a missing value is left out of its cell
+    assert lines[2:] == ['| x_la | 1 | 90.0 | 90.0 | - | 70.0 |',
+                         '| CE | 3 | 82.0 ± 2.0 | 90.0 ± 0.0 | - | 55.0 ± 7.1 |']
+    out = tmp_path / 'out' / 't.md'
+    p = subprocess.run([sys.executable, script, str(tmp_path), '--group_by', 'cls_loss',
+                        '--metrics', 'top1', '--digits', '2', '--out', str(out)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and 'wrote' in p.stdout, p.stderr
+    assert out.read_text().splitlines()[2] == '| ce | 5 | 69.20 ± 33.30 |'
+    p = subprocess.run([sys.executable, script, str(tmp_path), '--runs', 'nothing*'],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and 'no evaluations' in p.stderr
