@@ -1,6 +1,7 @@
-"""Run-folder mechanics shared by diffusion training (train.py) and the classifier
-(recognition/loop.py): the newest checkpoint that loads, stale temporaries, RNG state and stop
-signals.
+"""Run-folder mechanics shared by the training loops (train.py, recognition/loop.py,
+recognition/feature_diffusion.py): the newest checkpoint that loads, stale temporaries, RNG
+state, stop signals and the step-indexed batch order that makes a resumed run equal a straight
+one.
 
 A run folder holds `ckpt_{step}.pt` files written atomically (utils.atomic_write), so a crash
 leaves at worst a `.NAME.*.tmp` file beside them; every checkpoint carries the process's RNG
@@ -14,6 +15,7 @@ import sys
 
 import numpy as np
 import torch
+from torch.utils.data import Sampler
 
 from checkpoint import list_checkpoints, load_checkpoint
 from utils import UserError
@@ -68,6 +70,36 @@ def newest_loadable_checkpoint(folder, verbose=True, load=load_checkpoint):
             if verbose:
                 print(f'warning: skipping unreadable checkpoint: {e}', file=sys.stderr)
     return None
+
+
+class StepBatchSampler(Sampler):
+    """Infinite batches of indices, a pure function of (seed, step): the batch of step s is
+    slice s % E of the permutation of epoch s // E (E = N // batch_size, torch.Generator seeded
+    with seed * 1_000_003 + epoch). Under DDP each rank yields its own contiguous part of the
+    global batch."""
+
+    def __init__(self, n, batch_size, seed, start_step, rank=0, world_size=1):
+        if n < batch_size:
+            raise UserError(f'--batch_size {batch_size} is larger than the data set ({n} images)')
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self.per_epoch = n // batch_size
+        self.local = batch_size // world_size
+
+    def permutation(self, epoch):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self):
+        step = self.start_step
+        epoch, perm = None, None
+        while True:
+            if step // self.per_epoch != epoch:
+                epoch = step // self.per_epoch
+                perm = self.permutation(epoch)
+            start = (step % self.per_epoch) * self.batch_size + self.rank * self.local
+            yield perm[start:start + self.local].tolist()
+            step += 1
 
 
 def remove_stale_temporaries(folder):

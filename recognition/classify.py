@@ -24,8 +24,11 @@ import torch
 
 import dataset as D
 from recognition.data import evaluation_loader, synthetic_dataset
+from recognition.feature_aug import prepare_feature_aug, run_feature_aug
 from recognition.loop import classifier_from_run, run_training
+from recognition.losses import LongTailLoss
 from recognition.models import predict
+import recognition.translate as T
 from recognition.sources import drawn_synthetic, fill_counts, generator_cfg, parse_fill
 from runfolder import remove_stale_temporaries
 from utils import UserError, check_writable_dir, get_device, save_text
@@ -46,6 +49,9 @@ def check_sources(cfg):
                         'use cfg or cond')
     if cfg.synthetic_logdir:
         parse_fill(cfg.synthetic_fill)
+    if cfg.synthetic_source == 'translate' and not cfg.synthetic_logdir:
+        raise UserError('--synthetic_source translate translates real images with a class-'
+                        'conditional diffusion run: give --synthetic_logdir LOGDIR --ckpt_step N')
 
 
 def load_inputs(cfg, device):
@@ -55,12 +61,16 @@ def load_inputs(cfg, device):
                            train=True, download=cfg.download, hflip=False,
                            list_file=cfg.list_file)
     test = D.build_test_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.cls_test_list,
-                                cfg.download)
+                                cfg.download, test_root=cfg.test_root)
     num_class = real.num_class
     if test.num_class > num_class:
         raise UserError(f'test split of {cfg.data_type}: labels up to {test.num_class - 1}, but '
                         f'the training set has {num_class} classes')
     test.num_class = num_class
+    if not (cfg.synthetic_only or cfg.cls_counts_with_synthetic):
+        # the loss's class counts are the real ones: a class without images fails here, before
+        # anything is written, not after the generated images are drawn
+        LongTailLoss(cfg.cls_loss, real.class_counts, cfg.cls_drw_epoch, cfg.cls_la_tau)
     inputs = types.SimpleNamespace(real=real, test=test, num_class=num_class, synthetic=None,
                                    generator=None, per_class=None, filter_model=None)
     if cfg.synthetic:
@@ -77,6 +87,15 @@ def load_inputs(cfg, device):
                             f'{gen_classes} classes, {cfg.data_type} has {num_class}')
         inputs.generator = (gen, model)
         inputs.per_class = fill_counts(real.class_counts, cfg.synthetic_fill, cfg.synthetic_only)
+        if cfg.synthetic_source == 'translate':
+            inputs.translate_classes = T.source_classes(cfg.translate_from, real.class_counts,
+                                                        cfg.many_shot, cfg.few_shot)
+            if not inputs.translate_classes:
+                raise UserError(f'--translate_from {cfg.translate_from}: no class is in that '
+                                f'set (--many_shot {cfg.many_shot}, --few_shot {cfg.few_shot}); '
+                                f'choose other groups or class indices')
+            inputs.translate_sources = T.choose_sources(real.targets, inputs.per_class,
+                                                        inputs.translate_classes, cfg.seed)
     if cfg.synthetic_filter and cfg.filter_logdir:
         inputs.filter_model, filter_classes = classifier_from_run(cfg.filter_logdir, device)
         if filter_classes != num_class:
@@ -120,6 +139,8 @@ def classify(cfg, flags_text):
     device = get_device()
     torch.manual_seed(cfg.seed)
     inputs = load_inputs(cfg, device)
+    # --feature_aug: the feature stage's inputs are checked now too, before anything is written
+    feature_stage = prepare_feature_aug(cfg, inputs) if cfg.feature_aug else None
     # every input has been checked: only now touch the run folder
     os.makedirs(cfg.logdir, exist_ok=True)
     remove_stale_temporaries(cfg.logdir)
@@ -127,6 +148,8 @@ def classify(cfg, flags_text):
     counts = inputs.real.class_counts
     print(f'{cfg.data_type}: {len(inputs.real)} training images, {inputs.num_class} classes, '
           f'per-class counts {counts.max()}..{counts.min()}; test split {len(inputs.test)} images')
+    if feature_stage is not None and feature_stage.external:  # a trained classifier: no training
+        return run_feature_aug(cfg, inputs, feature_stage, device)
     source, dropped = None, None
     if inputs.synthetic is not None:
         images, labels = inputs.synthetic
@@ -141,4 +164,7 @@ def classify(cfg, flags_text):
     synthetic = None
     if source is not None:
         synthetic = dict(images=images, labels=labels, path=source, dropped=dropped)
-    return run_training(cfg, inputs, synthetic, device)
+    status = run_training(cfg, inputs, synthetic, device)
+    if feature_stage is None or status == 'stopped':
+        return status
+    return run_feature_aug(cfg, inputs, feature_stage, device)

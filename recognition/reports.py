@@ -6,7 +6,9 @@ import os
 import numpy as np
 
 from recognition.data import evaluation_loader
+from recognition.losses import training_settings
 from recognition.models import predict
+from recognition.sources import recorded_settings
 from utils import append_jsonl, atomic_write, save_text
 
 
@@ -90,7 +92,9 @@ def per_class_csv(counts, gen_counts, groups, total, report, dropped):
 
 def run_record(cfg, synthetic, gen_counts, epochs):
     """The configuration part of the eval.jsonl record."""
-    mode = 'ce' if synthetic is None else 'cas' if cfg.synthetic_only else 'ce+synthetic'
+    # the training recipe in one word: the loss (+resample), +synthetic, or cas
+    loss = cfg.cls_loss + ('+resample' if cfg.cls_resample else '')
+    mode = loss if synthetic is None else 'cas' if cfg.synthetic_only else loss + '+synthetic'
     rec = {'kind': 'classify', 'mode': mode, 'logdir': cfg.logdir, 'data_type': cfg.data_type,
            'imb_factor': cfg.imb_factor, 'imb_type': cfg.imb_type, 'arch': cfg.cls_arch,
            'epochs': epochs, 'batch_size': cfg.cls_batch_size, 'lr': cfg.cls_lr,
@@ -98,9 +102,19 @@ def run_record(cfg, synthetic, gen_counts, epochs):
            'milestones': sorted(cfg.cls_milestones), 'gamma': cfg.cls_gamma, 'seed': cfg.seed,
            'img_size': cfg.img_size, 'many_shot': cfg.many_shot, 'few_shot': cfg.few_shot,
            'num_generated': int(gen_counts.sum())}
+    # the loss and its parameters (None where the loss has none), the images its class counts
+    # come from (None for ce, which uses none) and the class-balanced re-sampling
+    rec.update(training_settings(cfg, int(gen_counts.sum()) > 0))
+    if cfg.data_type == 'imagefolder':
+        rec.update(root=cfg.root, test_root=cfg.test_root)
     if synthetic is not None:
         rec.update(synthetic=synthetic['path'], synthetic_weight=cfg.synthetic_weight,
                    synthetic_filter=cfg.synthetic_filter)
+        # how the set was drawn (sampler, steps, spacing, eta, clipping, network evaluations;
+        # for translations the strength, time index and source classes)
+        recorded = recorded_settings(synthetic['path'])
+        rec.update({k if k.startswith(('synthetic_', 'translate_')) else f'synthetic_{k}': v
+                    for k, v in recorded.items()})
         if cfg.synthetic_filter:
             rec.update(filter_threshold=cfg.filter_threshold,
                        filtered_out=synthetic['dropped'].tolist())
@@ -108,35 +122,41 @@ def run_record(cfg, synthetic, gen_counts, epochs):
         # the generator's evaluation keys, so collect_results.py can put its FID beside
         rec.update(generator=os.path.basename(os.path.normpath(cfg.synthetic_logdir)),
                    synthetic_logdir=cfg.synthetic_logdir, ckpt_step=cfg.ckpt_step,
-                   sample_method=cfg.sample_method, omega=cfg.omega, sampler=cfg.sampler,
-                   synthetic_fill=str(cfg.synthetic_fill))
+                   sample_method=cfg.sample_method, omega=cfg.omega,
+                   sampler=rec.get('synthetic_sampler'), synthetic_fill=str(cfg.synthetic_fill))
     return rec
 
 
-def evaluate_and_report(cfg, model, inputs, synthetic, gen_counts, device, writer, epochs):
-    """Score on the test split; write results.txt, per_class.csv, confusion.png (up to 200
-    classes), tensorboard test/*, one eval.jsonl record (last: it marks the run complete)."""
-    out = cfg.logdir
+def score_line(report, with_classes=True):
+    """'top-1 91.20, many 99.00 (2 classes), medium 90.17 (6), few 81.50 (2)' (percentages;
+    '-' for a group without classes)."""
+    def pct(v):
+        return '-' if v is None else f'{100 * v:.2f}'
+    groups = [f'{g} {pct(report[f"top1_{g}"])}' + (
+        f' ({report[f"classes_{g}"]}{" classes" if g == "many" else ""})' if with_classes else '')
+        for g in GROUPS]
+    return f'top-1 {pct(report["top1"])}, ' + ', '.join(groups)
+
+
+def write_report(cfg, out, model, inputs, rec, headline, gen_counts, device, dropped=None,
+                 writer=None, step=None):
+    """Score `model` on the test split and write into `out`: results.txt ('HEADLINE: top-1 ...'
+    plus whatever rec['base_line'] adds), per_class.csv, confusion.png (up to 200 classes),
+    tensorboard test/* (with `writer`, at `step`) and `rec` with the scores as one eval.jsonl
+    record (last: it marks the run complete). Returns the record."""
+    os.makedirs(out, exist_ok=True)
     counts = inputs.real.class_counts
     correct, total, confusion = test_results(cfg, model, inputs, device)
     report = accuracy_report(correct, total, counts, cfg.many_shot, cfg.few_shot)
     groups = class_groups(counts, cfg.many_shot, cfg.few_shot)
-    dropped = None if synthetic is None else synthetic['dropped']
-    rec = run_record(cfg, synthetic, gen_counts, epochs)
     rec.update({k: v for k, v in report.items() if k != 'per_class'},
                test_images=int(total.sum()))
-
-    def pct(v):
-        return '-' if v is None else f'{100 * v:.2f}'
-    text = (f'{rec["mode"]} {cfg.data_type} imb {cfg.imb_factor} {cfg.cls_arch} {epochs} epochs'
-            f' ({int(gen_counts.sum())} generated images): top-1 {pct(report["top1"])}, many '
-            f'{pct(report["top1_many"])} ({report["classes_many"]} classes), medium '
-            f'{pct(report["top1_medium"])} ({report["classes_medium"]}), few '
-            f'{pct(report["top1_few"])} ({report["classes_few"]})\n')
+    text = f'{headline}: {score_line(report)}{rec.pop("base_line", "")}\n'
     print(text, end='')
-    for key in ('top1',) + tuple(f'top1_{g}' for g in GROUPS):
-        if report[key] is not None:
-            writer.add_scalar(f'test/{key}', report[key], epochs)
+    if writer is not None:
+        for key in ('top1',) + tuple(f'top1_{g}' for g in GROUPS):
+            if report[key] is not None:
+                writer.add_scalar(f'test/{key}', report[key], step)
     written = ['results.txt', 'per_class.csv']
     save_text(os.path.join(out, 'results.txt'), text)
     save_text(os.path.join(out, 'per_class.csv'),
@@ -146,5 +166,15 @@ def evaluate_and_report(cfg, model, inputs, synthetic, gen_counts, device, write
         written.append('confusion.png')
     append_jsonl(os.path.join(out, 'eval.jsonl'), rec)
     written.append('eval.jsonl')
-    print(f'wrote {", ".join(written)}, tensorboard events and checkpoints to {out}')
+    print(f'wrote {", ".join(written)} to {out}')
     return rec
+
+
+def evaluate_and_report(cfg, model, inputs, synthetic, gen_counts, device, writer, epochs):
+    """The classifier's report (write_report) into --logdir, with run_record's configuration."""
+    rec = run_record(cfg, synthetic, gen_counts, epochs)
+    headline = (f'{rec["mode"]} {cfg.data_type} imb {cfg.imb_factor} {cfg.cls_arch} {epochs} '
+                f'epochs ({int(gen_counts.sum())} generated images)')
+    dropped = None if synthetic is None else synthetic['dropped']
+    return write_report(cfg, cfg.logdir, model, inputs, rec, headline, gen_counts, device,
+                        dropped, writer, epochs)

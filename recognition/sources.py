@@ -1,12 +1,15 @@
-"""Sources of extra training images for the rare classes: a saved sample set (--synthetic) or
-images drawn from a trained diffusion run (--synthetic_logdir), with the numbers drawn per class
-(--synthetic_fill)."""
+"""Sources of extra training images for the rare classes: a saved sample set (--synthetic), or
+images drawn from a trained diffusion run (--synthetic_logdir) from noise or translated from
+real images of other classes (--synthetic_source generate / translate), with the numbers drawn
+per class (--synthetic_fill)."""
 import copy
 import os
 
 import numpy as np
+import torch
 
 import dataset as D
+import recognition.translate as T
 from utils import UserError, save_npy
 
 
@@ -74,42 +77,96 @@ def generator_cfg(cfg):
     return gen
 
 
-def synthetic_name(cfg, fill):
-    """File stem of the images drawn for this run (inside LOGDIR/synthetic/)."""
+def synthetic_name(cfg, fill, settings):
+    """File stem of the images drawn for this run (inside LOGDIR/synthetic/): everything that
+    changes them (the generator run and checkpoint, guidance, the sampler settings as their tag,
+    e.g. ddim50quad_eta1_clip, the variance, the numbers drawn and the seed), so that a set is
+    reused only when it is the set these flags would draw."""
     kind = 'balanced' if cfg.synthetic_only else 'fill'
+    variance = f'_{cfg.var_type}' if settings.sampler == 'ddpm' else ''
+    source = ''
+    if cfg.synthetic_source == 'translate':
+        source = (f'_translate{cfg.translate_strength:g}from'
+                  f'{str(cfg.translate_from).replace(",", "-").replace("+", "-")}')
     return (f'{os.path.basename(os.path.normpath(cfg.synthetic_logdir))}_{cfg.sample_method}_'
-            f'{cfg.omega}_{cfg.sampler}_STEP{cfg.ckpt_step}_{kind}{fill}_seed{cfg.seed}')
-
-
-def draw_synthetic(sampler, per_class, batch_size, img_size, device, method, omega, seed):
-    """Generate per_class[c] images of every class c: (float32 N x 3 x H x W in [0, 1], int64
-    N), classes in order; the noise comes from a generator seeded with `seed`."""
-    from evaluation import generate
-    labels = np.repeat(np.arange(len(per_class)), per_class).astype(np.int64)
-    if not len(labels):
-        return np.zeros((0, 3, img_size, img_size), np.float32), labels
-    return generate(sampler, len(labels), batch_size, img_size, device, method, omega, seed,
-                    'generating', classes=labels)
+            f'{cfg.omega}_{settings.tag()}{variance}_STEP{cfg.ckpt_step}{source}_{kind}{fill}_'
+            f'seed{cfg.seed}')
 
 
 def drawn_synthetic(cfg, inputs, out_dir, device):
-    """Images drawn from --synthetic_logdir for this run, saved as
-    LOGDIR/synthetic/NAME.npy + NAME_labels.npy (reused when present, e.g. on resume; pass the
-    .npy to --synthetic to reuse it in another run). Returns (uint8 images, int64 labels)."""
-    from factory import build_sampler
+    """Images drawn from --synthetic_logdir for this run: from noise (--synthetic_source
+    generate) or translated from real images of other classes (translate, recognition.translate,
+    with inputs.translate_sources the real images to start from), per_class[c] of every class c
+    in class order. Saved as LOGDIR/synthetic/NAME.npy + NAME_labels.npy, the sampler settings in
+    NAME_sampler.json and, for translations, the indices of the real training images translated
+    in NAME_sources.npy and a grid of source -> translated pairs in
+    LOGDIR/translate_pairs_s{strength}.png. A set is reused when present (e.g. on resume; pass
+    the .npy to --synthetic to reuse it elsewhere): NAME holds every setting that changes it.
+    Returns (uint8 images, int64 labels, path of the .npy)."""
+    from evaluation import generate, save_settings
+    from factory import build_sampler, sampler_settings
     gen, model = inputs.generator
     folder = os.path.join(out_dir, 'synthetic')
-    path = os.path.join(folder, synthetic_name(cfg, parse_fill(cfg.synthetic_fill)) + '.npy')
-    if not (os.path.isfile(path) and os.path.isfile(D.synthetic_labels_path(path))):
-        os.makedirs(folder, exist_ok=True)
-        sampler = build_sampler(gen, model, inputs.num_class).to(device)
-        print(f'drawing {int(inputs.per_class.sum())} images from {cfg.synthetic_logdir} '
-              f'ckpt_{cfg.ckpt_step}.pt ({cfg.sample_method}, omega {cfg.omega}, {cfg.sampler}),'
-              f' per class {inputs.per_class.tolist()}')
-        images, labels = draw_synthetic(sampler, inputs.per_class, cfg.batch_size, cfg.img_size,
-                                        device, cfg.sample_method, cfg.omega, cfg.seed)
-        save_npy(D.synthetic_labels_path(path), labels)
-        save_npy(path, images)  # last: its presence means the set is complete
-    else:
+    resolved = sampler_settings(gen, 'synthetic')
+    name = synthetic_name(gen, parse_fill(cfg.synthetic_fill), resolved)
+    path = os.path.join(folder, name + '.npy')
+    if os.path.isfile(path) and os.path.isfile(D.synthetic_labels_path(path)):
         print(f'reusing the generated images {path}')
+        return D.load_synthetic(path, inputs.num_class, cfg.img_size) + (path,)
+    os.makedirs(folder, exist_ok=True)
+    sampler = build_sampler(gen, model, inputs.num_class, 'synthetic').to(device)
+    labels = np.repeat(np.arange(len(inputs.per_class)), inputs.per_class).astype(np.int64)
+    translate = cfg.synthetic_source == 'translate'
+    starts = start_t = None
+    if translate:
+        start_t = T.start_step(sampler, cfg.translate_strength)
+        starts = T.real_images(inputs.real, inputs.translate_sources)
+    settings = sampler.settings(cfg.sample_method, cfg.omega, start_t)
+    what = (f'translating {len(labels)} real images of classes {inputs.translate_classes} '
+            f'(strength {cfg.translate_strength}: from time index {start_t})' if translate
+            else f'drawing {len(labels)} images')
+    print(f'{what} with {cfg.synthetic_logdir} ckpt_{cfg.ckpt_step}.pt ({cfg.sample_method}, '
+          f'omega {cfg.omega}, {resolved.describe()}, {settings["nfe_per_image"]} network '
+          f'evaluations per image), per class {inputs.per_class.tolist()}')
+    images = np.zeros((0, 3, cfg.img_size, cfg.img_size), np.float32)
+    if len(labels):
+        images, labels = generate(sampler, len(labels), cfg.batch_size, cfg.img_size, device,
+                                  cfg.sample_method, cfg.omega, cfg.seed,
+                                  'translating' if translate else 'generating', classes=labels,
+                                  starts=starts, start_t=start_t)
+    record = {**settings, 'sampler_flag': cfg.sampler, 'seed': cfg.seed,
+              'synthetic_source': cfg.synthetic_source}
+    if translate:
+        save_npy(path[:-len('.npy')] + '_sources.npy', inputs.translate_sources)
+        grid = T.save_pairs_grid((starts + 1) / 2, torch.from_numpy(images), labels,
+                                 os.path.join(out_dir, f'translate_pairs_s{cfg.translate_strength:g}'
+                                                       '.png'))
+        record.update(translate_strength=cfg.translate_strength, translate_start_t=start_t,
+                      translate_from=cfg.translate_from, translate_classes=inputs.translate_classes)
+        print(f'source -> translated pairs: {grid}')
+    save_npy(D.synthetic_labels_path(path), labels)
+    save_settings(settings_path(path), record)
+    save_npy(path, images)  # last: its presence means the set is complete
     return D.load_synthetic(path, inputs.num_class, cfg.img_size) + (path,)
+
+
+def settings_path(path):
+    """The sampler settings file beside a saved set (evaluation.save_settings): `--eval` names
+    it *_sampler_ema_*.json beside *_samples_ema_*.npy, `--sample` and --classify X_sampler.json
+    beside X.npy."""
+    folder, name = os.path.split(path)
+    if '_samples_ema_' in name:
+        return os.path.join(folder, name.replace('_samples_ema_', '_sampler_ema_', 1)[:-4] + '.json')
+    return path[:-len('.npy')] + '_sampler.json'
+
+
+def recorded_settings(path):
+    """The sampler settings recorded beside the saved set `path` ({} when it has none: a set
+    saved by other tools, or before settings were recorded)."""
+    import json
+    found = settings_path(path)
+    if not os.path.isfile(found):
+        return {}
+    with open(found) as f:
+        return json.load(f)
+

@@ -226,9 +226,29 @@ def test_synthetic_set_is_added_and_weighted(tmp_path):
     assert [int(r['train_count']) for r in rows] == COUNTS
 
 
+def test_synthetic_weight_scales_what_generated_images_teach(tmp_path):
+    """The same generated images under two different labellings: with --synthetic_weight 0 their
+    labels cannot matter (the trained weights are bitwise equal), with 0.5 they do."""
+    path = digits_pool_set(tmp_path, 'gen', per_class_n=10)
+    other = tmp_path / 'relabelled.npy'
+    np.save(other, np.load(path))
+    np.save(tmp_path / 'relabelled_labels.npy', (np.load(tmp_path / 'gen_labels.npy') + 3) % 10)
+
+    def weights(set_path, weight, name):
+        logdir = tmp_path / name
+        out = run_main(*DIGITS, '--cls_epochs=1', f'--synthetic={set_path}',
+                       f'--synthetic_weight={weight}', f'--logdir={logdir}')
+        assert out.returncode == 0, out.stderr[-3000:]
+        return RL.newest_classifier_checkpoint(str(logdir))[1]['model']
+    zero_a, zero_b = weights(path, 0.0, 'a0'), weights(other, 0.0, 'b0')
+    assert all(torch.equal(zero_a[k], zero_b[k]) for k in zero_a)
+    half_a, half_b = weights(path, 0.5, 'a5'), weights(other, 0.5, 'b5')
+    assert not all(torch.equal(half_a[k], half_b[k]) for k in half_a)
+
+
 def test_cas_trains_on_generated_images_only(tmp_path):
     # every 'generated' digit carries the label of the next class: a classifier trained on
-    # these alone maps real c to c + 1 and scores ~0 on the real test split
+    # these alone learns that mapping, so it calls most real c's c + 1
     path = digits_pool_set(tmp_path, 'shifted', per_class_n=40, shift=1)
     logdir = tmp_path / 'cas'
     out = run_main(*DIGITS, '--cls_epochs=8', f'--synthetic={path}', '--synthetic_only',
@@ -236,8 +256,13 @@ def test_cas_trains_on_generated_images_only(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     [rec] = records(logdir)
     assert rec['mode'] == 'cas' and rec['num_generated'] == 400
-    assert rec['top1'] < 0.15
     assert [int(r['generated_count']) for r in per_class(logdir)] == [40] * 10
+    model, _ = RL.classifier_from_run(str(logdir), torch.device('cpu'))
+    test = D.build_test_dataset('digitslt', '', 8)
+    probs, labels = C.predict(model, torch.utils.data.DataLoader(test, batch_size=300),
+                              torch.device('cpu'))
+    shifted = (probs.argmax(1) == (labels + 1) % 10).float().mean().item()
+    assert shifted > 0.8 and rec['top1'] < 0.1
 
 
 def test_filter_drops_images_the_real_classifier_rejects(tmp_path, baseline):
@@ -263,15 +288,25 @@ def test_filter_drops_images_the_real_classifier_rejects(tmp_path, baseline):
 
 
 def test_filter_trains_its_real_data_classifier_first(tmp_path):
-    path = digits_pool_set(tmp_path, 'gen', per_class_n=5)
+    """Without --filter_logdir the filter classifier is trained first; at threshold 0.5 it
+    drops the mislabelled half of the set (digits shifted by 5 classes) and keeps most of the
+    correctly labelled half."""
+    good = digits_pool_set(tmp_path, 'good', per_class_n=5, seed=3)
+    bad = digits_pool_set(tmp_path, 'bad', per_class_n=5, shift=5, seed=4)
+    np.save(tmp_path / 'mixed.npy', np.concatenate([np.load(good), np.load(bad)]))
+    np.save(tmp_path / 'mixed_labels.npy', np.concatenate([
+        np.load(tmp_path / 'good_labels.npy'), np.load(tmp_path / 'bad_labels.npy')]))
     logdir = tmp_path / 'run'
-    out = run_main(*DIGITS, '--cls_epochs=2', f'--synthetic={path}', '--synthetic_filter',
-                   '--filter_threshold=0.0', f'--logdir={logdir}')
+    out = run_main(*DIGITS, '--cls_epochs=6', f'--synthetic={tmp_path / "mixed.npy"}',
+                   '--synthetic_filter', '--filter_threshold=0.5', f'--logdir={logdir}')
     assert out.returncode == 0, out.stderr[-3000:]
     [real_rec] = records(logdir / 'filter_real')
     assert real_rec['mode'] == 'ce' and real_rec['num_generated'] == 0
     [rec] = records(logdir)
-    assert rec['filtered_out'] == [0] * 10 and rec['num_generated'] == 50   # threshold 0
+    dropped = rec['filtered_out']
+    # 5 mislabelled images per class (all dropped) and 5 right ones (most kept)
+    assert min(dropped) >= 5 and sum(dropped) <= 60, dropped
+    assert rec['num_generated'] == 100 - sum(dropped)
 
 
 @pytest.fixture(scope='module')
@@ -480,3 +515,129 @@ def test_imagenet_and_inat_flagfiles_run_as_written(tmp_path):
         [rec] = records(logdir)
         assert rec['test_images'] == 6 and rec['data_type'] == cfg_name
         assert [int(r['train_count']) for r in per_class(logdir)] == [6, 3, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# long-tail losses and class-balanced re-sampling in the loop (formulas: tests/test_losses.py)
+
+def test_drw_switches_on_at_its_epoch_in_the_loop(tmp_path, monkeypatch, capsys):
+    calls, current = [], {}
+    train_epoch, weighted_ce = RL.train_epoch, RLoss.weighted_ce
+
+    def spy_epoch(cfg, model, optim, loader, weight, device, epoch, *args, **kw):
+        current['epoch'] = epoch
+        return train_epoch(cfg, model, optim, loader, weight, device, epoch, *args, **kw)
+
+    def spy_ce(logits, y, sample_weight=None, class_weight=None):
+        calls.append((current['epoch'], class_weight))
+        return weighted_ce(logits, y, sample_weight, class_weight)
+    monkeypatch.setattr(RL, 'train_epoch', spy_epoch)
+    monkeypatch.setattr(RLoss, 'weighted_ce', spy_ce)
+    cfg = cfg_of(*DIGITS, '--cls_epochs=3', '--cls_loss=ce_drw', '--cls_drw_epoch=2',
+                 '--cls_eval_every=0', f'--logdir={tmp_path}')
+    assert K.classify(cfg, '') == 'done'
+    # 19 batches an epoch (609 = 19 x 32 + 1: a last batch of one is dropped)
+    assert sorted({e for e, _ in calls}) == [0, 1, 2] and len(calls) == 3 * 19
+    raw = np.array([(1 - 0.9999) / (1 - 0.9999 ** n) for n in COUNTS])
+    for epoch, w in calls:              # uniform in epochs 0 and 1, effective number from 2 on
+        if epoch < 2:
+            assert w is None
+        else:
+            np.testing.assert_allclose(w.numpy(), raw / raw.sum() * 10, rtol=1e-5)
+    assert 'epoch 3: deferred re-weighting from now on' in capsys.readouterr().out
+    [rec] = records(tmp_path)
+    assert rec['cls_loss'] == 'ce_drw' and rec['drw_epoch'] == 2 and rec['drw_beta'] == 0.9999
+    assert rec['mode'] == 'ce_drw' and rec['loss_counts'] == 'real' and rec['la_tau'] is None
+
+
+def test_ldam_drw_with_resampling_resumes_exactly(tmp_path, monkeypatch):
+    args = [*DIGITS, '--cls_epochs=3', '--cls_warmup=1', '--cls_milestones=2', '--seed=3',
+            '--cls_loss=ldam_drw', '--cls_drw_epoch=1', '--cls_resample', '--cls_eval_every=0']
+    assert K.classify(cfg_of(*args, f'--logdir={tmp_path / "a"}'), '') == 'done'
+    monkeypatch.setattr(RL, 'StopRequest', StopAfter)
+    for n in (7, 25):                   # inside epoch 0, then inside epoch 1 (after the switch)
+        StopAfter.n = n
+        assert K.classify(cfg_of(*args, f'--logdir={tmp_path / "b"}'), '') == 'stopped'
+    StopAfter.n = 10 ** 9
+    assert K.classify(cfg_of(*args, f'--logdir={tmp_path / "b"}'), '') == 'done'
+    a = RL.newest_classifier_checkpoint(str(tmp_path / 'a'))[1]
+    b = RL.newest_classifier_checkpoint(str(tmp_path / 'b'))[1]
+    assert a['cosine'] and a['training']['cls_loss'] == 'ldam_drw' and a['training']['resample']
+    assert a['model'].keys() == b['model'].keys() and 'head.bias' not in a['model']
+    for key in a['model']:
+        assert torch.equal(a['model'][key], b['model'][key]), key
+    ra, rb = records(tmp_path / 'a')[0], records(tmp_path / 'b')[0]
+    assert ra['top1'] == rb['top1'] and ra['mode'] == 'ldam_drw+resample'
+    assert (ra['ldam_s'], ra['ldam_max_margin'], ra['cosine_head']) == (30.0, 0.5, True)
+    # the filter / --filter_logdir path rebuilds the cosine head from the checkpoint
+    model, _ = RL.classifier_from_run(str(tmp_path / 'a'), torch.device('cpu'))
+    assert isinstance(model.head, C.NormedLinear)
+    # a run folder of another loss is not resumed with this one
+    with pytest.raises(UserError, match='trained with cls_loss ldam_drw.*not cls_loss ce'):
+        K.classify(cfg_of(*DIGITS, '--cls_epochs=3', f'--logdir={tmp_path / "b"}'), '')
+
+
+def test_resampling_in_the_loop_balances_the_real_images(tmp_path, monkeypatch):
+    path = digits_pool_set(tmp_path, 'gen', per_class_n=10)
+    samplers = []
+    make_loader = RL.make_loader
+
+    def spy(data, sampler, cfg, device):
+        samplers.append((data, sampler))
+        return make_loader(data, sampler, cfg, device)
+    monkeypatch.setattr(RL, 'make_loader', spy)
+    cfg = cfg_of(*DIGITS, '--cls_epochs=2', '--cls_resample', f'--synthetic={path}',
+                 '--cls_eval_every=0', f'--logdir={tmp_path / "run"}')
+    assert K.classify(cfg, '') == 'done'
+    real_seen, generated_seen = np.zeros(10, np.int64), []
+    for data, sampler in samplers:
+        items = np.concatenate(sampler.batches())
+        real = items[items < data.n_real]
+        real_seen += np.bincount(data.targets[real], minlength=10)
+        generated_seen.append(sorted(items[items >= data.n_real].tolist()))
+    assert len(samplers) == 2 and data.n_real == 609
+    # 2 x 609 class-balanced draws: 121.8 per class, binomial std 10.5 (plain: 296 .. 30)
+    assert np.abs(real_seen - 121.8).max() < 4.5 * 10.5, real_seen
+    assert generated_seen == [list(range(609, 709))] * 2     # generated images once each
+    [rec] = records(tmp_path / 'run')
+    assert rec['resample'] is True and rec['mode'] == 'ce+resample+synthetic'
+    assert rec['cls_loss'] == 'ce' and rec['loss_counts'] is None   # plain CE uses no counts
+
+
+def test_loss_class_counts_exclude_generated_images_unless_asked(tmp_path):
+    path = digits_pool_set(tmp_path, 'gen', per_class_n=10)
+    device = torch.device('cpu')
+    base = [*DIGITS, '--cls_loss=balanced_softmax', f'--synthetic={path}']
+    gen = np.full(10, 10)
+    for extra, source, counts in (([], 'real', COUNTS),
+                                  (['--cls_counts_with_synthetic'], 'real+generated',
+                                   np.add(COUNTS, 10)),
+                                  (['--synthetic_only'], 'generated', gen)):
+        cfg = cfg_of(*base, *extra)
+        inputs = K.load_inputs(cfg, device)
+        criterion, got = RL.build_criterion(cfg, inputs, gen)
+        assert got == source and criterion.counts.tolist() == list(counts)
+        assert RR.run_record(cfg, {'path': str(path), 'dropped': None}, gen, 1)[
+            'loss_counts'] == source
+    # one end-to-end run: logit adjustment with its tau, counts with the generated images
+    logdir = tmp_path / 'la'
+    out = run_main(*DIGITS, '--cls_epochs=1', '--cls_loss=logit_adjust', '--cls_la_tau=0.5',
+                   f'--synthetic={path}', '--cls_counts_with_synthetic', f'--logdir={logdir}')
+    assert out.returncode == 0, out.stderr[-3000:]
+    [rec] = records(logdir)
+    assert (rec['cls_loss'], rec['la_tau'], rec['loss_counts']) == ('logit_adjust', 0.5,
+                                                                    'real+generated')
+    assert rec['mode'] == 'logit_adjust+synthetic' and rec['drw_epoch'] is None
+    assert (logdir / 'results.txt').read_text().startswith('logit_adjust+synthetic digitslt')
+
+
+def test_bad_loss_flags_are_refused_before_anything_is_written(tmp_path):
+    logdir = tmp_path / 'run'
+    for args, needle in ((['--cls_loss=focal'], '--cls_loss'),
+                         (['--cls_drw_epoch=-1'], '--cls_drw_epoch'),
+                         (['--cls_la_tau=nan'], '--cls_la_tau'),
+                         (['--cls_la_tau=-0.5'], '--cls_la_tau'),
+                         (['--cls_resample', '--synthetic_only', '--synthetic=x.npy'],
+                          '--cls_resample')):
+        out = run_main(*DIGITS, *args, f'--logdir={logdir}')
+        assert_user_error(out, logdir, needle)

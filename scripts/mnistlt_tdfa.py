@@ -1,0 +1,254 @@
+#!/usr/bin/env python
+"""TDFA's three augmentations for the rare classes on MNIST-LT, on one table (and the choice of
+the sampler for generated training sets), resumable.
+
+    python scripts/mnistlt_tdfa.py [--log_root logs] [--out docs/tdfa_mnistlt.md] [--jobs 2]
+        [--seeds 0,1,2] [--diffusion_seeds 0,1] [--rows ROW,...] [--best cbdm] [--dry-run]
+    python scripts/mnistlt_tdfa.py --experiment sampler_choice [--candidates NAME,...]
+        [--out docs/synthetic_sampler_choice.md]
+
+Diffusion models (trained first when missing, `config/mnistlt.txt`, 5,000 steps): DDPM
+(`--cfg --nocb`) and CBDM (`--cb --tau 1`), one per diffusion seed d, in
+LOG_ROOT/mnistlt_{ddpm,cbdm}[_seed{d}]. Classifiers: `config/classify_mnistlt.txt` (the small
+CNN, 30 epochs, 1,000 balanced test digits), one per row, classifier seed s and, for rows that
+use a diffusion model, diffusion seed d, in LOG_ROOT/tdfa/ROW[_d{d}]_s{s}. Generated and
+translated sets are drawn once per model and setting, by the run with classifier seed 0, with
+`--omega 1` (the models' training omega) and --classify's default sampler for generated sets
+(`--sampler` unset: samplers.RECOMMENDED), and passed to the other seeds as `--synthetic`.
+
+Rows (table):
+  ce, ldam          real images alone, cross-entropy / LDAM-DRW
+  resample          class-balanced re-sampling of the real images (the control)
+  ddpm, cbdm        + generated images of every class up to the head's count (3,012)
+  cbdm_filter       the CBDM images a real-data classifier (row ce, same seed) gives their
+                    class with probability >= 0.5
+  translate05, translate08
+                    + CBDM translations of the many-shot classes' images, strength 0.5 / 0.8
+  feat_ddpm, feat_cb
+                    feature-level: the ce classifier's last layer re-trained on real + drawn
+                    penultimate features, diffusion --cfg --nocb / --cfg --cb --tau 1 (the
+                    feature model's seed is the classifier seed)
+  best_ldam         the --best row's images with LDAM-DRW
+  cas_ddpm, cas_cbdm, cas_translate05
+                    CAS: 200 generated (translated) images per class alone
+Each row is mean ± std over its runs (3 classifier seeds x 2 diffusion seeds where a diffusion
+model is used). `--experiment sampler_choice` instead trains + DDPM / + CBDM images drawn with
+each candidate sampler setting (diffusion seed 0, classifier seeds 0-2) and tabulates them.
+
+Runs whose eval.jsonl exists are skipped, an interrupted one resumes; the table is rewritten
+from what LOG_ROOT holds (scripts/table_seeds.py). The wall time of the whole script is printed.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLS_FLAGFILE = os.path.join('config', 'classify_mnistlt.txt')
+GEN_FLAGFILE = os.path.join('config', 'mnistlt.txt')
+FINAL_STEP = 4999                      # config/mnistlt.txt trains 5,000 steps
+GEN = ['--omega=1.0', '--sample_method=cfg', '--batch_size=512']
+# candidate settings of --experiment sampler_choice: name -> sampler flags
+CANDIDATES = {
+    'ddim50_eta1': ['--sampler=ddim', '--sample_steps=50', '--eta=1.0', '--noclip_denoised'],
+    'ddim50_eta1_clip': ['--sampler=ddim', '--sample_steps=50', '--eta=1.0', '--clip_denoised'],
+    'sde20_clip': ['--sampler=dpm++2m-sde', '--sample_steps=20', '--clip_denoised'],
+    'sde20': ['--sampler=dpm++2m-sde', '--sample_steps=20', '--noclip_denoised'],
+}
+ROW_LABELS = {
+    'ce': 'real images alone (988), cross-entropy',
+    'ldam': 'real images alone, LDAM-DRW',
+    'resample': 'real images, class-balanced re-sampling (the control)',
+    'ddpm': '+ DDPM images (3,012)',
+    'cbdm': '+ CBDM images (3,012)',
+    'cbdm_filter': '+ CBDM images, filtered (p >= 0.5 by the ce classifier)',
+    'translate05': '+ CBDM translations of the many-shot classes, strength 0.5',
+    'translate08': '+ CBDM translations of the many-shot classes, strength 0.8',
+    'feat_ddpm': 'feature-level, DDPM-style (--cfg --nocb)',
+    'feat_cb': 'feature-level, class-balanced (--cfg --cb --tau 1)',
+    'best_ldam': 'the best row, with LDAM-DRW',
+    'cas_ddpm': 'CAS: DDPM images alone (200 per class)',
+    'cas_cbdm': 'CAS: CBDM images alone (200 per class)',
+    'cas_translate05': 'CAS: translations (strength 0.5) alone (200 per class)',
+}
+
+
+def model_dir(log_root, kind, d):
+    return os.path.join(log_root, f'mnistlt_{kind}' + (f'_seed{d}' if d else ''))
+
+
+def train_model(args, kind, d):
+    """Train (or resume, or find finished) the diffusion model KIND of diffusion seed d."""
+    folder = model_dir(args.log_root, kind, d)
+    if os.path.isfile(os.path.join(folder, f'ckpt_{FINAL_STEP}.pt')):
+        return folder
+    extra = ['--cfg', '--nocb'] if kind == 'ddpm' else []
+    run(args, ['--train', '--flagfile', GEN_FLAGFILE, *extra, f'--seed={d}',
+               f'--logdir={folder}'], folder)
+    return folder
+
+
+def run(args, flags, folder):
+    cmd = [sys.executable, 'main.py', *flags]
+    print('+ ' + ' '.join(cmd), flush=True)
+    if args.dry_run:
+        return
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with open(folder.rstrip('/') + '.log', 'a') as log:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, OMP_NUM_THREADS='1'))
+    if done.returncode != 0:
+        raise SystemExit(f'error: {" ".join(cmd)} failed (exit {done.returncode}); see '
+                         f'{folder}.log')
+
+
+def record(folder, feature=False):
+    path = os.path.join(folder, 'feature_aug' if feature else '', 'eval.jsonl')
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.loads(f.read().splitlines()[-1])
+
+
+def classify(args, task):
+    """One classifier run (name, flags, feature) into LOG_ROOT/tdfa/NAME, skipped when already
+    evaluated; returns its eval.jsonl record (None in a dry run)."""
+    name, flags, feature = task
+    folder = os.path.join(args.log_root, 'tdfa', name)
+    if record(folder, feature) is None:
+        run(args, ['--flagfile', CLS_FLAGFILE, *flags, f'--logdir={folder}'], folder)
+    return record(folder, feature)
+
+
+SAMPLING = ('--synthetic_logdir', '--ckpt_step', '--synthetic_source', '--translate',
+            '--sampler', '--sample_steps', '--eta', '--clip_denoised', '--noclip_denoised')
+
+
+def row_specs(args):
+    """{row: (kind, flags of diffusion seed d)}: kind 'real' (real images), 'set' (images
+    drawn by the classifier seed 0 run, passed to the others), 'on_set' (the images of another
+    row's set: (base row, extra flags)), 'feature' (the feature stage on the ce classifier)."""
+    def model(kind, d):
+        return [f'--synthetic_logdir={model_dir(args.log_root, kind, d)}',
+                f'--ckpt_step={FINAL_STEP}', *GEN]
+
+    def translated(strength):
+        return lambda d: [*model('cbdm', d), '--synthetic_source=translate',
+                          f'--translate_strength={strength}']
+    cas = ['--synthetic_only', '--synthetic_fill=200']
+    return {
+        'ce': ('real', ['--cls_loss=ce']),
+        'ldam': ('real', ['--cls_loss=ldam_drw']),
+        'resample': ('real', ['--cls_loss=ce', '--cls_resample']),
+        'ddpm': ('set', lambda d: model('ddpm', d)),
+        'cbdm': ('set', lambda d: model('cbdm', d)),
+        'cbdm_filter': ('on_set', ('cbdm', ['--synthetic_filter', '--filter_threshold=0.5'])),
+        'translate05': ('set', translated('0.5')),
+        'translate08': ('set', translated('0.8')),
+        'feat_ddpm': ('feature', ['--cfg', '--nocb']),
+        'feat_cb': ('feature', ['--cfg', '--cb', '--tau=1.0']),
+        'best_ldam': ('on_set', (args.best, ['--cls_loss=ldam_drw'])),
+        'cas_ddpm': ('set', lambda d: [*model('ddpm', d), *cas]),
+        'cas_cbdm': ('set', lambda d: [*model('cbdm', d), *cas]),
+        'cas_translate05': ('set', lambda d: [*translated('0.5')(d), *cas]),
+    }
+
+
+def tasks(args, specs, rows, phase, seeds, d_seeds):
+    """The (name, flags, feature) runs of a phase: 1 the real-data rows, 2 the classifier seed 0
+    runs that draw each set, 3 everything that reads a set or a real-data classifier."""
+    out = []
+    ce_dir = os.path.join(args.log_root, 'tdfa', 'ce_s{}')
+    for row in rows:
+        kind, flags = specs[row]
+        if kind == 'real' and phase == 1:
+            out += [(f'{row}_s{s}', [*flags, f'--seed={s}'], False) for s in seeds]
+        if kind == 'feature' and phase == 3:
+            out += [(f'{row}_s{s}', ['--feature_aug', f'--feature_classifier_logdir='
+                                     f'{ce_dir.format(s)}', *flags, '--omega=1.0',
+                                     f'--seed={s}'], True) for s in seeds]
+        if kind == 'set' and phase == 2:
+            out += [(f'{row}_d{d}_s{seeds[0]}', [*flags(d), f'--seed={seeds[0]}'], False)
+                    for d in d_seeds]
+        if kind in ('set', 'on_set') and phase == 3:
+            base, extra = (row, []) if kind == 'set' else flags
+            base_flags = specs[base][1]
+            for d in d_seeds:
+                drawn = record(os.path.join(args.log_root, 'tdfa', f'{base}_d{d}_s{seeds[0]}'))
+                path = drawn['synthetic'] if drawn else f'SET_OF_{base}_d{d}_s{seeds[0]}'
+                keep = [f for f in base_flags(d) if not f.startswith(SAMPLING)]
+                for s in (seeds[1:] if kind == 'set' else seeds):
+                    if '--synthetic_filter' in extra:
+                        extra_s = [*extra, f'--filter_logdir={ce_dir.format(s)}']
+                    else:
+                        extra_s = extra
+                    out.append((f'{row}_d{d}_s{s}', [*keep, *extra_s, f'--synthetic={path}',
+                                                     f'--seed={s}'], False))
+    return out
+
+
+def run_phases(args, specs, rows, seeds, d_seeds):
+    for phase in (1, 2, 3):
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda task: classify(args, task),
+                          tasks(args, specs, rows, phase, seeds, d_seeds)))
+
+
+def write_table(args, rows, labels):
+    seed_suffix = r'(_d[0-9]+)?_s[0-9]+(/feature_aug)?$'
+    cmd = [sys.executable, os.path.join('scripts', 'table_seeds.py'),
+           os.path.join(args.log_root, 'tdfa'), '--seed_suffix', seed_suffix,
+           '--order', *rows, '--out', args.out]
+    for row in rows:
+        cmd += ['--label', f'{row}={labels.get(row, row)}']
+    print('+ ' + ' '.join(cmd), flush=True)
+    if not args.dry_run:
+        subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--log_root', default='logs')
+    ap.add_argument('--out', default='')
+    ap.add_argument('--jobs', type=int, default=2, help='runs at a time (one thread each)')
+    ap.add_argument('--seeds', default='0,1,2')
+    ap.add_argument('--diffusion_seeds', default='0,1')
+    ap.add_argument('--rows', default=','.join(ROW_LABELS))
+    ap.add_argument('--best', default='cbdm', choices=['cbdm', 'ddpm', 'translate05'])
+    ap.add_argument('--experiment', default='table', choices=['table', 'sampler_choice'])
+    ap.add_argument('--candidates', default=','.join(CANDIDATES))
+    ap.add_argument('--dry-run', dest='dry_run', action='store_true')
+    args = ap.parse_args(argv)
+    args.log_root = os.path.abspath(args.log_root)
+    start = time.time()
+    seeds = [int(s) for s in args.seeds.split(',')]
+    d_seeds = [int(d) for d in args.diffusion_seeds.split(',')]
+    models = [(k, d) for k in ('ddpm', 'cbdm') for d in
+              (d_seeds if args.experiment == 'table' else [0])]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda m: train_model(args, *m), models))
+    if args.experiment == 'sampler_choice':
+        args.out = args.out or os.path.join('docs', 'synthetic_sampler_choice.md')
+        specs = {f'choice_{kind}_{name}': ('set', lambda d, k=kind, n=name: [
+            f'--synthetic_logdir={model_dir(args.log_root, k, d)}', f'--ckpt_step={FINAL_STEP}',
+            *GEN, *CANDIDATES[n]]) for name in args.candidates.split(',')
+            for kind in ('ddpm', 'cbdm')}
+        run_phases(args, specs, list(specs), seeds, [0])
+        write_table(args, list(specs), {})
+    else:
+        args.out = args.out or os.path.join('docs', 'tdfa_mnistlt.md')
+        rows = args.rows.split(',')
+        specs = row_specs(args)
+        unknown = [r for r in rows if r not in specs]
+        if unknown:
+            raise SystemExit(f'error: --rows: unknown {unknown}; choose from {list(specs)}')
+        run_phases(args, specs, rows, seeds, d_seeds)
+        write_table(args, rows, ROW_LABELS)
+    print(f'done in {time.time() - start:.0f} s; table {args.out}')
+
+
+if __name__ == '__main__':
+    main()
