@@ -11,9 +11,11 @@ import types
 
 from absl import app, flags
 
+from recognition.losses import LOSSES as CLS_LOSSES
 from recognition.models import ARCHS as CLS_ARCHS
+from recognition.translate import parse_from as parse_translate_from
 from dataset import DATA_TYPES, IMB_TYPES, REF_SPLITS
-from samplers import SPACINGS
+from samplers import ETA_SAMPLERS, SAMPLERS, SPACINGS, flag_samplers, use_defaults_text
 from utils import UserError
 
 FLAGS = flags.FLAGS
@@ -67,6 +69,8 @@ flags.DEFINE_enum('data_type', 'cifar100', list(DATA_TYPES), help='data set')
 flags.DEFINE_float('imb_factor', 0.01, help='smallest / largest class size')
 flags.DEFINE_enum('imb_type', 'exp', list(IMB_TYPES), help='long-tail profile')
 flags.DEFINE_string('list_file', '', help='imagenetlt list / inat2018 json (default under --root)')
+flags.DEFINE_string('test_root', '', help='imagefolder: the test split, class subfolders named as '
+                    'those of --root (--classify, --make_stats --ref_split test)')
 flags.DEFINE_bool('download', False, help='download CIFAR into --root if missing')
 # logging and sampling
 flags.DEFINE_string('logdir', './logs/', help='log directory')
@@ -76,17 +80,25 @@ flags.DEFINE_integer('save_step', 100000, help='frequency of saving checkpoints,
 flags.DEFINE_integer('eval_step', 0, help='frequency of evaluating model, 0 to disable')
 flags.DEFINE_enum('sample_method', 'cfg', ['cfg', 'cond', 'uncond'], help='sampling method')
 flags.DEFINE_float('omega', 0.0, help='classifier-free guidance strength')
-flags.DEFINE_enum('sampler', 'ddpm', ['ddpm', 'ddim', 'dpm++2m', 'unipc'],
-                  help='DDPM over all T steps, or DDIM / DPM-Solver++(2M) / UniPC in --sample_steps')
+flags.DEFINE_enum('sampler', None, list(SAMPLERS) + ['auto'],
+                  help='DDPM over all T steps, or DDIM / DPM-Solver++(2M) (ODE or SDE) / UniPC in '
+                       '--sample_steps; auto: the recommended fast setting (samplers.RECOMMENDED: '
+                       'sampler, steps, spacing, eta, clipping); unset: the default of each use '
+                       f'(samplers.USE_DEFAULTS: {use_defaults_text()}; synthetic = --classify\'s '
+                       'generated sets)')
 flags.DEFINE_integer('sample_steps', 50, help='steps of every sampler but ddpm, in [1, T]')
-flags.DEFINE_float('eta', 0.0, help='DDIM eta (0 deterministic); must be 0 for dpm++2m, unipc')
+flags.DEFINE_float('eta', 0.0, help='DDIM eta (0 deterministic); must be 0 for dpm++2m, '
+                   'dpm++2m-sde, unipc')
+flags.DEFINE_bool('clip_denoised', None, help='clip the predicted x0 to [-1, 1] at every '
+                  'sampling step; unset: the default of each use (see --sampler), under --sampler '
+                  'auto samplers.RECOMMENDED\'s')
 flags.DEFINE_enum('skip_type', 'quad', ['quad', 'uniform'],
                   help='DDIM step spacing when --spacing is auto (kept for older flagfiles)')
 flags.DEFINE_enum('spacing', 'auto', ['auto', 'quad', 'uniform', 'default', 'karras', 'lu',
                                       'exponential'],
                   help='step spacing: auto (each sampler\'s best; ddim: --skip_type), ddim: quad, '
-                       'uniform; dpm++2m: default, karras, lu, exponential; unipc: default, '
-                       'karras, exponential')
+                       'uniform; dpm++2m, dpm++2m-sde: default, karras, lu, exponential; unipc: '
+                       'default, karras, exponential; ignored by --sampler auto')
 # evaluation
 flags.DEFINE_integer('num_images', 50000, help='the number of generated images for evaluation')
 flags.DEFINE_string('fid_cache', './stats/cifar10.train.npz', help='FID cache (mu, sigma); '
@@ -97,7 +109,10 @@ flags.DEFINE_enum('ref_split', 'auto', list(REF_SPLITS), help='images of --make_
 flags.DEFINE_bool('fid_use_torch', False, help='calculate IS and FID on the device')
 flags.DEFINE_string('inception_weights', '', help='FID Inception weights file (default: the '
                     'torch hub cache of pytorch-fid)')
-flags.DEFINE_string('sample_name', 'saved', help='name for a saved sample set')
+flags.DEFINE_string('sample_name', 'saved', help='name of a sample set: --eval '
+                    'writes {method}_{omega}_samples_ema_{sample_name}_N{num_images}_STEP{ckpt_step}'
+                    '[_{sampler settings}].npy; --sample writes {sample_name}.png / .npy when it '
+                    'is given, else sample_{method}_{omega}_STEP{ckpt_step}[_{sampler settings}]')
 flags.DEFINE_list('omega_sweep', [], help='with --eval: evaluate once per omega (e.g. '
                   '0,0.4,0.8,1.2,1.6,2.0) from the same noise; writes a table and a plot and prints '
                   'the best omega by FID')
@@ -128,6 +143,15 @@ flags.DEFINE_string('synthetic', '', help='saved sample set (.npy, N x 3 x H x W
                     'labels file beside it) added to the classifier training set')
 flags.DEFINE_string('synthetic_logdir', '', help='draw generated training images from this '
                     'run\'s ckpt_{ckpt_step}.pt (with --sample_method, --omega, --sampler)')
+flags.DEFINE_enum('synthetic_source', 'generate', ['generate', 'translate'], help='images '
+                  'from --synthetic_logdir: generate (from noise) or translate (real images of '
+                  'other classes, --translate_from, noised to --translate_strength and denoised '
+                  'with the target class: SDEdit head to tail)')
+flags.DEFINE_float('translate_strength', 0.5, help='translate: noise level to start from, a '
+                   'fraction of T in (0, 1] (small: close to the source image; 1: ignores it)')
+flags.DEFINE_string('translate_from', 'many', help='translate: source classes, many / medium / '
+                    'few joined by + (groups by --many_shot / --few_shot), all, or class indices '
+                    '0,1,2')
 flags.DEFINE_string('synthetic_fill', 'head', help='images drawn per class: head (up to the '
                     'largest class) or an integer N per class')
 flags.DEFINE_float('synthetic_weight', 1.0, help='loss weight of generated images')
@@ -137,6 +161,38 @@ flags.DEFINE_bool('synthetic_filter', False, help='keep generated images that a 
 flags.DEFINE_string('filter_logdir', '', help='--classify run folder of the filtering '
                     'classifier (default: trained first into LOGDIR/filter_real)')
 flags.DEFINE_float('filter_threshold', 0.5, help='--synthetic_filter probability threshold')
+flags.DEFINE_enum('cls_loss', 'ce', list(CLS_LOSSES), help='classifier loss: ce, ce_drw (deferred '
+                  're-weighting), ldam_drw (LDAM margins, cosine head, DRW), balanced_softmax, '
+                  'logit_adjust')
+flags.DEFINE_integer('cls_drw_epoch', 160, help='ce_drw / ldam_drw: 0-based epoch from which the '
+                     'effective-number class weights apply')
+flags.DEFINE_float('cls_la_tau', 1.0, help='logit_adjust: tau of the tau * log(prior) offset')
+flags.DEFINE_bool('cls_resample', False, help='class-balanced re-sampling of the real training '
+                  'images (each class drawn equally often)')
+flags.DEFINE_bool('cls_counts_with_synthetic', False, help='the class counts of --cls_loss count '
+                  'the generated training images too (default: the real ones only)')
+
+# feature-level augmentation of the classifier (--classify --feature_aug)
+flags.DEFINE_bool('feature_aug', False, help='after --classify: train a class-conditional '
+                  'diffusion model on the classifier\'s penultimate features (--cb --tau --cfg '
+                  'apply), draw features up to the head\'s count (--synthetic_fill) and '
+                  're-train the last layer on real + drawn features; results in LOGDIR/feature_aug')
+flags.DEFINE_string('feature_classifier_logdir', '', help='--feature_aug on the classifier of '
+                    'this finished --classify run (nothing is trained but the feature stage)')
+flags.DEFINE_enum('feat_source', 'diffusion', ['diffusion', 'none'], help='--feature_aug: '
+                  'features from the feature diffusion model, or none: re-train the last layer '
+                  'on real features with class-balanced sampling (cRT, the control)')
+flags.DEFINE_integer('feat_steps', 2000, help='feature diffusion training steps')
+flags.DEFINE_float('feat_lr', 1e-3, help='feature diffusion Adam learning rate (cosine decay)')
+flags.DEFINE_integer('feat_batch_size', 256, help='feature diffusion batch size')
+flags.DEFINE_integer('feat_width', 256, help='feature denoiser (MLP) width')
+flags.DEFINE_integer('feat_blocks', 3, help='feature denoiser residual blocks')
+flags.DEFINE_float('feat_ema_decay', 0.995, help='feature diffusion EMA decay')
+flags.DEFINE_integer('feat_save_step', 1000, help='feature diffusion checkpoint frequency (0: '
+                     'only at the end)')
+flags.DEFINE_integer('feat_head_epochs', 30, help='--feature_aug: epochs of the new last layer')
+flags.DEFINE_float('feat_head_lr', 0.1, help='--feature_aug: SGD learning rate of the new last '
+                   'layer (cosine decay; on standardised features)')
 
 MULTI_FLAGS = ('ch_mult', 'attn', 'cls_milestones')
 
@@ -222,8 +278,24 @@ FLAG_DOMAINS = {
     'cls_eval_every': _at_least(0),
     'synthetic_weight': _finite_at_least_0(),
     'filter_threshold': ('in [0, 1]', lambda v: 0 <= v <= 1),
+    'cls_drw_epoch': _at_least(0),
+    'cls_la_tau': _finite_at_least_0(),
+    'translate_strength': ('in (0, 1] (a fraction of T)', lambda v: 0 < v <= 1),
+    'translate_from': ('many, medium, few joined by +, all, or comma-separated class indices',
+                       lambda v: parse_translate_from(v) is not None),
     'synthetic_fill': ('head or an integer >= 1',
                        lambda v: v == 'head' or (v.isdigit() and int(v) >= 1)),
+    # feature-level augmentation
+    'feat_steps': _at_least(1),
+    'feat_lr': _finite_positive(),
+    'feat_batch_size': _at_least(1),
+    'feat_width': ('an even number >= 2 (sin and cos pairs of the time embedding)',
+                   lambda v: v >= 2 and v % 2 == 0),
+    'feat_blocks': _at_least(1),
+    'feat_ema_decay': ('in [0, 1]', lambda v: 0 <= v <= 1),
+    'feat_save_step': _at_least(0),
+    'feat_head_epochs': _at_least(1),
+    'feat_head_lr': _finite_positive(),
 }
 
 # domains that tie several flags together: (flags, what must hold, check of their values)
@@ -234,15 +306,27 @@ CROSS_DOMAINS = [
      'of --ch_mult', lambda f: f['img_size'] % 2 ** (len(f['ch_mult']) - 1) == 0),
     (('attn', 'ch_mult'), '--attn levels must index --ch_mult (0 .. levels - 1, or -1)',
      lambda f: all(a < len(f['ch_mult']) for a in f['attn'])),
+    # --sampler unset: the rules hold for the default sampler of every use; auto: they do not
+    # apply (it takes steps, spacing and eta from samplers.RECOMMENDED)
     (('sample_steps', 'T', 'sampler'), '--sample_steps must be <= --T for a sampler other than '
-     'ddpm', lambda f: f['sampler'] == 'ddpm' or f['sample_steps'] <= f['T']),
-    (('spacing', 'sampler'), '--spacing must be one that the sampler offers: '
+     'ddpm', lambda f: all(s == 'ddpm' or f['sample_steps'] <= f['T']
+                           for s in flag_samplers(f['sampler']))),
+    (('spacing', 'sampler'), '--spacing must be one that the sampler offers (with --sampler '
+     'unset: the default sampler of each use, ddpm: auto only): '
      + '; '.join(f'{k}: {", ".join(v)}' for k, v in SPACINGS.items()),
-     lambda f: f['spacing'] in SPACINGS[f['sampler']]),
-    (('eta', 'sampler'), '--eta must be 0 for --sampler dpm++2m and unipc (deterministic solvers)',
-     lambda f: f['sampler'] in ('ddpm', 'ddim') or f['eta'] == 0),
+     lambda f: all(f['spacing'] in SPACINGS[s] for s in flag_samplers(f['sampler']))),
+    (('eta', 'sampler'), '--eta must be 0 for --sampler dpm++2m, dpm++2m-sde and unipc (the '
+     'solvers; dpm++2m-sde draws its own noise)',
+     lambda f: all(s in ETA_SAMPLERS or f['eta'] == 0 for s in flag_samplers(f['sampler']))),
     (('few_shot', 'many_shot'), '--few_shot must be <= --many_shot',
      lambda f: f['few_shot'] <= f['many_shot']),
+    (('cls_resample', 'synthetic_only'), '--cls_resample re-samples the real training images; '
+     '--synthetic_only trains without them', lambda f: not (f['cls_resample'] and
+                                                            f['synthetic_only'])),
+    (('feature_aug', 'classify'), '--feature_aug needs --classify (it re-trains the '
+     'classifier\'s last layer)', lambda f: f['classify'] or not f['feature_aug']),
+    (('feature_classifier_logdir', 'feature_aug'), '--feature_classifier_logdir needs '
+     '--feature_aug', lambda f: f['feature_aug'] or not f['feature_classifier_logdir']),
 ]
 
 
@@ -267,10 +351,57 @@ def _guard(check):
 register_domains()
 
 
+# Flags that the public CBDM main.py defines and this implementation does not use (the union
+# over every stored version of qym7/CBDM-pytorch's main.py; all its other flags are ours, same
+# names). A flagfile it wrote holds them (--nocotrain, --num_class=100, ...): they are dropped
+# before parsing, with one warning line, and never defined here. 'bool': --name / --noname /
+# --name=true|false; 'value': --name=V or --name V.
+PUBLIC_ONLY_FLAGS = {'improve': 'bool', 'weight': 'bool', 'cotrain': 'bool', 'logit': 'bool',
+                     'num_class': 'value', 'private_num_images': 'value'}
+
+
+def public_only_flag(arg):
+    """The PUBLIC_ONLY_FLAGS name that the command-line argument `arg` sets, else None (also
+    for a name that main.py defines itself: ours wins)."""
+    if not arg.startswith('-') or arg == '--':
+        return None
+    name, has_value = arg.lstrip('-').split('=', 1)[0], '=' in arg
+    if not has_value and name.startswith('no') and PUBLIC_ONLY_FLAGS.get(name[2:]) == 'bool':
+        name = name[2:]
+    return name if name in PUBLIC_ONLY_FLAGS and name not in FLAGS else None
+
+
+def drop_public_only_flags(args, origins):
+    """(args, origins) without the public-only flags (and the value after a '--name V'); prints
+    one warning line naming the dropped flags. Stops at '--' (positional arguments follow)."""
+    kept, kept_origins, dropped = [], [], set()
+    i = 0
+    while i < len(args):
+        if args[i] == '--':
+            kept += args[i:]
+            kept_origins += origins[i:]
+            break
+        name = public_only_flag(args[i])
+        if name is None:
+            kept.append(args[i])
+            kept_origins.append(origins[i])
+        else:
+            dropped.add(name)
+            if (PUBLIC_ONLY_FLAGS[name] == 'value' and '=' not in args[i] and i + 1 < len(args)
+                    and origins[i + 1] == origins[i] and not args[i + 1].startswith('--')):
+                i += 1  # '--num_class 100': its value goes too
+        i += 1
+    if dropped:
+        print('warning: ignoring flags of the public CBDM code that this implementation does not '
+              'use: ' + ', '.join(f'--{n}' for n in sorted(dropped)), file=sys.stderr)
+    return kept, kept_origins
+
+
 def expand_argv(argv):
     """Expand --flagfile arguments so that values given on the command line replace the
     flagfiles' values: single-valued flags whatever their position, and multi-valued flags
-    (--ch_mult, --attn) instead of being appended to them (absl's behaviour)."""
+    (--ch_mult, --attn) instead of being appended to them (absl's behaviour). Flags of the
+    public CBDM code that we do not use are dropped (see PUBLIC_ONLY_FLAGS)."""
     args, origins = [], []
     i = 1
     while i < len(argv):
@@ -288,6 +419,7 @@ def expand_argv(argv):
             args.append(arg)
             origins.append('cli')
         i += 1
+    args, origins = drop_public_only_flags(args, origins)
 
     def name_of(a):
         if not a.startswith('-') or a == '--':

@@ -1,5 +1,6 @@
 """Running main.py as a user would, with a tiny model on the embedded digits data."""
 import os
+import struct
 import subprocess
 import sys
 
@@ -36,3 +37,23 @@ def parse_flags(tokens):
             switches.add(t)
             i += 1
     return values, switches
+
+
+def event_scalars(folder):
+    """{tag: [(step, value)]} of the tensorboard event files in `folder` (TFRecord framing:
+    length u64, crc u32, Event proto, crc u32)."""
+    from tensorboardX.proto import event_pb2
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.startswith('events.out.tfevents'):
+            continue
+        with open(os.path.join(folder, name), 'rb') as f:
+            data = f.read()
+        i = 0
+        while i + 12 <= len(data):
+            (length,) = struct.unpack('<Q', data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+            i += 12 + length + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
