@@ -255,11 +255,15 @@ def make_stats(cfg):
     net = load_inception(cfg.inception_weights or None, device)
     dataset = build_reference_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.download,
                                       cfg.list_file, cfg.ref_split, test_root=cfg.test_root)
+    targets = np.asarray(dataset.targets)
+    if 0 < cfg.ref_images < len(dataset):
+        keep = np.sort(np.random.RandomState(0).permutation(len(dataset))[:cfg.ref_images])
+        dataset, targets = torch.utils.data.Subset(dataset, keep.tolist()), targets[keep]
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
                                          num_workers=cfg.num_workers)
     images = (((x + 1) / 2).clamp(0, 1) for x, _ in loader)
     print(f'{cfg.data_type}: computing statistics of {len(dataset)} reference images')
-    out = write_stats(images, dataset.targets, fid_cache, net, batch_size=cfg.batch_size,
+    out = write_stats(images, targets, fid_cache, net, batch_size=cfg.batch_size,
                       device=device, amp=INCEPTION_AMP)
     print(f'wrote {out["fid_cache"]} and {out["feats_path"]}')
 

@@ -106,6 +106,8 @@ flags.DEFINE_string('fid_cache', './stats/cifar10.train.npz', help='FID cache (m
 flags.DEFINE_enum('ref_split', 'auto', list(REF_SPLITS), help='images of --make_stats: auto = '
                   'the balanced CIFAR / digits training set, the ImageNet-LT test list and the '
                   'iNaturalist 2018 val json; train or test to choose')
+flags.DEFINE_integer('ref_images', 0, help='--make_stats: a seeded random subset of this many '
+                     'reference images (0: all of them)')
 flags.DEFINE_bool('fid_use_torch', False, help='calculate IS and FID on the device')
 flags.DEFINE_string('inception_weights', '', help='FID Inception weights file (default: the '
                     'torch hub cache of pytorch-fid)')
@@ -263,6 +265,7 @@ FLAG_DOMAINS = {
                     lambda v: bool(v) and os.sep not in v and '/' not in v),
     # evaluation
     'num_images': _at_least(1),
+    'ref_images': _at_least(0),
     'many_shot': _at_least(0),
     'few_shot': _at_least(0),
     'min_fid_images': _at_least(2),

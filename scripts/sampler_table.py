@@ -73,11 +73,11 @@ def run_config(logdir, ckpt_step, overrides):
         flags.FLAGS.unparse_flags()
 
 
-def judge(cfg, cache_dir):
+def judge(cfg, cache_dir, epochs=JUDGE_EPOCHS):
     """(model, held-out accuracy, reference images float [-1, 1], reference labels) of the
     independent classifier for the run's data set (see the module docstring)."""
     import dataset as D
-    path = os.path.join(cache_dir, f'judge_{cfg.data_type}_{cfg.img_size}.pt')
+    path = os.path.join(cache_dir, f'judge_{cfg.data_type}_{cfg.img_size}_e{epochs}.pt')
     if cfg.data_type == 'digitslt':
         x, y = proxy_eval.real_digits()
         model, acc = proxy_eval.load_or_train(cache_dir, 0, x, y)
@@ -95,7 +95,7 @@ def judge(cfg, cache_dir):
         model.load_state_dict(ckpt['state'])
         return model.eval(), float(ckpt['test_acc']), ref_x, ref_y
     train_x, train_y = tensors(D.build_dataset('mnist', '', cfg.img_size))
-    model = proxy_eval.fit(train_x, train_y, 0, JUDGE_EPOCHS).eval()
+    model = proxy_eval.fit(train_x, train_y, 0, epochs).eval()
     acc = proxy_eval.accuracy(model, ref_x, ref_y)
     save_torch({'state': model.state_dict(), 'test_acc': acc}, path)
     print(f'judge: trained on the {len(train_x)}-digit MNIST pool, test-split accuracy {acc:.4f}')
@@ -251,6 +251,8 @@ def main(argv=None):
     ap.add_argument('--samplers', default=','.join(SAMPLERS))
     ap.add_argument('--omega', type=float, default=None, help='default: the run\'s --omega')
     ap.add_argument('--batch_size', type=int, default=300)
+    ap.add_argument('--judge_epochs', type=int, default=JUDGE_EPOCHS,
+                    help='epochs of the MNIST judge (cached per value)')
     ap.add_argument('--out', default='')
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, int(os.environ.get('OMP_NUM_THREADS', '1') or 1)))
@@ -259,7 +261,7 @@ def main(argv=None):
     args.out = args.out or os.path.join(args.logdir, 'sampler_table.md')
     cache_dir = os.path.join(args.logdir, 'sampler_table')
     os.makedirs(cache_dir, exist_ok=True)
-    model, judge_acc, ref_x, ref_y = judge(cfg, cache_dir)
+    model, judge_acc, ref_x, ref_y = judge(cfg, cache_dir, args.judge_epochs)
     _, ref_feats = proxy_eval.predict(model, ref_x)
     ref_y = ref_y.numpy()
     import dataset as D

@@ -100,6 +100,7 @@ DOMAINS = {
                     st.sampled_from(['', 'a/b', '/x'])),
     # evaluation
     'num_images': ('eval', ints(1, 12), ints(-5, 0)),
+    'ref_images': ('eval', ints(0, 50), ints(-5, -1)),
     'many_shot': ('eval', ints(20, 200), ints(-5, -1)),
     'few_shot': ('eval', ints(0, 20), ints(-5, -1)),
     'min_fid_images': ('eval', ints(2, 50), ints(-5, 1)),
