@@ -138,7 +138,8 @@ def resolve(sampler, sample_steps, spacing, eta, clip_denoised, use, skip_type='
 
     sampler None means the use's default sampler; 'auto' takes sampler, steps (capped at T),
     spacing, eta and clipping from RECOMMENDED whatever the other arguments say; clip_denoised
-    None means the use's default (RECOMMENDED's under 'auto'), True / False are always honoured.
+    None means the use's default (under 'auto' RECOMMENDED's, unless the use's own default sampler
+    is 'auto': then the use's), True / False are always honoured.
     spacing 'auto' becomes the sampler's concrete spacing (resolve_spacing). Raises ValueError
     for an unknown use, sampler or spacing.
     """
@@ -152,7 +153,10 @@ def resolve(sampler, sample_steps, spacing, eta, clip_denoised, use, skip_type='
         spacing, eta = RECOMMENDED['spacing'], RECOMMENDED['eta']
         if T is not None:
             sample_steps = min(sample_steps, T)
-        clip_default = RECOMMENDED['clip_denoised']
+        # a use whose default is auto states its own clipping (generated training sets: the
+        # recognition outcome decides it, not the look of the images)
+        clip_default = (default['clip_denoised'] if default['sampler'] == 'auto'
+                        else RECOMMENDED['clip_denoised'])
     else:
         clip_default = default['clip_denoised']
     clip = clip_default if clip_denoised is None else bool(clip_denoised)

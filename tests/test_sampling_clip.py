@@ -467,3 +467,18 @@ def test_auto_is_accepted_whatever_steps_spacing_and_eta_say(tmp_path):
     s = resolve('auto', 60, 'lu', 0.5, None, 'grid', T=50)
     assert f'--sampler auto (grid): {s.describe()}' in out.stdout
     assert (tmp_path / 'run' / 'sample' / '1.png').is_file()
+
+
+def test_a_use_whose_default_is_auto_keeps_its_own_clipping(monkeypatch):
+    """Generated training sets may clip otherwise than RECOMMENDED (the recognition outcome
+    decides): under auto their own default holds, other uses take RECOMMENDED's."""
+    import samplers
+    monkeypatch.setitem(samplers.USE_DEFAULTS, 'synthetic',
+                        {'sampler': 'auto', 'clip_denoised': False})
+    monkeypatch.setitem(samplers.RECOMMENDED, 'clip_denoised', True)
+    args = (50, 'auto', 0.0)
+    assert not resolve(None, *args, None, 'synthetic').clip_denoised
+    assert not resolve('auto', *args, None, 'synthetic').clip_denoised
+    assert resolve('auto', *args, None, 'eval').clip_denoised
+    assert resolve('auto', *args, True, 'synthetic').clip_denoised    # explicit wins
+    assert resolve(None, *args, None, 'synthetic').sampler == samplers.RECOMMENDED['sampler']
