@@ -259,6 +259,7 @@ def main(argv=None):
     cfg = run_config(args.logdir, args.ckpt_step,
                      [] if args.omega is None else [f'--omega={args.omega}'])
     args.out = args.out or os.path.join(args.logdir, 'sampler_table.md')
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     cache_dir = os.path.join(args.logdir, 'sampler_table')
     os.makedirs(cache_dir, exist_ok=True)
     model, judge_acc, ref_x, ref_y = judge(cfg, cache_dir, args.judge_epochs)

@@ -147,31 +147,33 @@ def test_generators_script(work):
 
 
 def test_sampler_table_script(work):
-    tmp, _ = work
-    out_md = tmp / 'docs' / 'sampler.md'
-    args = [sys.executable, os.path.join(ROOT, 'scripts', 'sampler_table.py'),
-            '--logdir', str(tmp / 'logs' / 'mnistlt_cbdm'), '--ckpt_step', '4',
-            '--per_class', '3', '--seeds', '0,1', '--steps', '2,4',
-            '--samplers', 'ddim-eta1,dpm++2m-sde', '--judge_epochs', '1', '--out', str(out_md)]
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    """The README's sampler_table.py command as written (run from the README's folder), with
+    fewer images, seeds, steps and judge epochs appended."""
+    tmp, env = work
+    readme = re.search(r'\n(python scripts/sampler_table.py [^\n]*)\n', README).group(1)
+    args = shlex.split(readme)
+    overrides = ['--ckpt_step', '4', '--per_class', '3', '--seeds', '0,1', '--steps', '2,4',
+                 '--judge_epochs', '1']
+    cmd = [sys.executable, os.path.join(ROOT, args[1]), *args[2:], *overrides]
+    run_env = dict(os.environ, OMP_NUM_THREADS='1', **env)
+    out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600, env=run_env)
     assert out.returncode == 0, out.stderr[-3000:]
+    out_md = tmp / 'docs' / 'sampler_mnistlt.md'
     lines = out_md.read_text().splitlines()
     table = [line for line in lines if line.count('|') == 13 and
              (' | on | ' in line or ' | off | ' in line)]
-    # ddpm with and without clip, then 2 samplers x 2 step counts x clip off / on
-    assert len(table) == 2 + 2 * 2 * 2
+    # ddpm with and without clip, then 5 samplers x 2 step counts x clip off / on
+    assert len(table) == 2 + 5 * 2 * 2
     assert table[0].startswith('| ddpm | 10 | off | 20 |')    # NFE: 10 guided steps
     assert any(r.startswith('| dpm++2m-sde | 4 | on | 8 |') for r in table)
     for r in table:
         assert ' ± ' in r                                       # two seeds: a spread
-    assert (tmp / 'docs' / 'sampler.png').is_file()
+    assert (tmp / 'docs' / 'sampler_mnistlt.png').is_file()
     # a rerun reads every set from the cache (nothing drawn) and writes the same table
     before = out_md.read_text()
     cache = tmp / 'logs' / 'mnistlt_cbdm' / 'sampler_table'
     stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600, env=run_env)
     assert out.returncode == 0
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
     assert out_md.read_text() == before
