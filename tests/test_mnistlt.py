@@ -177,3 +177,23 @@ def test_sampler_table_script(work):
     assert out.returncode == 0
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
     assert out_md.read_text() == before
+
+
+def test_translation_command(work):
+    """The README's translation command (its own section), on the MNIST-LT CBDM run, with 5
+    translations per class and one epoch appended."""
+    tmp, env = work
+    block = re.search(r'```\n(python main.py --flagfile config/classify_mnistlt.txt '
+                      r'--logdir logs/mnistlt_cls_translate.*?)```', README, flags=re.S).group(1)
+    text = ' '.join(block.replace('\\\n', ' ').split())
+    args = shlex.split(text)
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args[2:],
+                          '--ckpt_step', '4', '--synthetic_fill', '5', '--cls_epochs', '1',
+                          '--cls_eval_every', '0'], cwd=tmp, capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1', **env))
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = tmp / 'logs' / 'mnistlt_cls_translate'
+    record = json.loads((folder / 'eval.jsonl').read_text())
+    assert record['synthetic_source'] == 'translate' and record['translate_strength'] == 0.5
+    assert record['translate_from'] == 'many' and record['num_generated'] == 50
+    assert (folder / 'translate_pairs_s0.5.png').is_file()
