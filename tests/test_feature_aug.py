@@ -5,6 +5,8 @@ resumption and SIGTERM, and bad input (one line, nothing written)."""
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -437,3 +439,34 @@ def test_every_feature_flag_has_a_domain():
     numeric = {'feat_steps', 'feat_lr', 'feat_batch_size', 'feat_width', 'feat_blocks',
                'feat_ema_decay', 'feat_save_step', 'feat_head_epochs', 'feat_head_lr'}
     assert numeric <= names and numeric <= set(main.FLAG_DOMAINS)
+
+
+def test_readme_feature_commands_run_as_written(tmp_path):
+    """The README's three --feature_aug commands (CIFAR-100-LT flagfile, ResNet-32) in order,
+    run from a folder with tiny CIFAR-100 files as DIR, with epochs, steps and the feature
+    model's size shrunk by appended overrides."""
+    import re
+    import shlex
+    from fakedata import write_cifar100
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    section = readme.split('### Feature-level augmentation (`--feature_aug`)', 1)[1]
+    block = re.search(r'```\n(.*?)```', section, flags=re.S).group(1)
+    commands = [' '.join(c.replace('\\\n', ' ').split()) for c in
+                re.split(r'\n(?=python )', re.sub(r'#[^\n]*\n', '', block)) if c.strip()]
+    assert len(commands) == 3 and all('--feature_aug' in c for c in commands)
+    write_cifar100(str(tmp_path / 'DIR'), per_class=6)
+    os.symlink(os.path.join(ROOT, 'config'), tmp_path / 'config')
+    shrink = ['--cls_epochs=1', '--num_workers=0', '--feat_steps=4', '--feat_width=16',
+              '--feat_blocks=1', '--feat_batch_size=32', '--feat_head_epochs=1', '--T=10']
+    for command in commands:
+        args = shlex.split(command)
+        out = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args[2:], *shrink],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                             env=dict(os.environ, OMP_NUM_THREADS='1'))
+        assert out.returncode == 0, f'{command}\n{out.stderr[-3000:]}'
+    for run, source in (('c100_fa_ddpm', 'diffusion'), ('c100_fa_cbdm', 'diffusion'),
+                        ('c100_crt', 'none')):
+        record = json.loads((tmp_path / 'logs' / run / 'feature_aug' / 'eval.jsonl')
+                            .read_text().splitlines()[-1])
+        assert record['data_type'] == 'cifar100lt', sorted(record)
+        assert source in json.dumps(record), sorted(record)
