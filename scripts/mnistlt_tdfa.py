@@ -4,6 +4,7 @@ the sampler for generated training sets), resumable.
 
     python scripts/mnistlt_tdfa.py [--log_root logs] [--out docs/tdfa_mnistlt.md] [--jobs 2]
         [--seeds 0,1,2] [--diffusion_seeds 0,1] [--rows ROW,...] [--best cbdm] [--dry-run]
+        [--extra 'FLAGS for every classifier run'] [--train_extra 'FLAGS for diffusion runs']
     python scripts/mnistlt_tdfa.py --experiment sampler_choice [--candidates NAME,...]
         [--out docs/synthetic_sampler_choice.md]
 
@@ -41,6 +42,7 @@ from what LOG_ROOT holds (scripts/table_seeds.py). The wall time of the whole sc
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -87,7 +89,7 @@ def train_model(args, kind, d):
         return folder
     extra = ['--cfg', '--nocb'] if kind == 'ddpm' else []
     run(args, ['--train', '--flagfile', GEN_FLAGFILE, *extra, f'--seed={d}',
-               f'--logdir={folder}'], folder)
+               f'--logdir={folder}', *shlex.split(args.train_extra)], folder)
     return folder
 
 
@@ -119,7 +121,8 @@ def classify(args, task):
     name, flags, feature = task
     folder = os.path.join(args.log_root, 'tdfa', name)
     if record(folder, feature) is None:
-        run(args, ['--flagfile', CLS_FLAGFILE, *flags, f'--logdir={folder}'], folder)
+        run(args, ['--flagfile', CLS_FLAGFILE, *flags, f'--logdir={folder}',
+                   *shlex.split(args.extra)], folder)
     return record(folder, feature)
 
 
@@ -220,14 +223,20 @@ def main(argv=None):
     ap.add_argument('--best', default='cbdm', choices=['cbdm', 'ddpm', 'translate05'])
     ap.add_argument('--experiment', default='table', choices=['table', 'sampler_choice'])
     ap.add_argument('--candidates', default=','.join(CANDIDATES))
+    ap.add_argument('--extra', default='', help='flags appended to every classifier run (e.g. '
+                    'fewer epochs for a quick check)')
+    ap.add_argument('--train_extra', default='', help='flags appended to every diffusion '
+                    'training run')
     ap.add_argument('--dry-run', dest='dry_run', action='store_true')
     args = ap.parse_args(argv)
     args.log_root = os.path.abspath(args.log_root)
     start = time.time()
     seeds = [int(s) for s in args.seeds.split(',')]
     d_seeds = [int(d) for d in args.diffusion_seeds.split(',')]
+    needs_models = args.experiment == 'sampler_choice' or any(
+        row_specs(args).get(r, ('real',))[0] in ('set', 'on_set') for r in args.rows.split(','))
     models = [(k, d) for k in ('ddpm', 'cbdm') for d in
-              (d_seeds if args.experiment == 'table' else [0])]
+              (d_seeds if args.experiment == 'table' else [0])] if needs_models else []
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda m: train_model(args, *m), models))
     if args.experiment == 'sampler_choice':

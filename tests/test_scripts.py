@@ -567,3 +567,53 @@ def test_table_seeds_mean_and_std(tmp_path):
     p = subprocess.run([sys.executable, script, str(tmp_path), '--runs', 'nothing*'],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and 'no evaluations' in p.stderr
+
+
+def _tdfa(*args, timeout=900):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'mnistlt_tdfa.py'),
+                           *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def test_mnistlt_tdfa_dry_run_passes_sets_and_classifiers(tmp_path):
+    p = _tdfa('--dry-run', '--log_root', tmp_path, '--seeds', '0,1', '--diffusion_seeds', '0')
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [shlex.split(line[2:]) for line in p.stdout.splitlines() if line.startswith('+ ')]
+    runs = {os.path.basename(x.split('=', 1)[1]): a for a in lines for x in a
+            if x.startswith('--logdir=')}
+    trained = [a for a in lines if '--train' in a]
+    assert len(trained) == 2                                    # DDPM and CBDM, diffusion seed 0
+    assert '--nocb' in trained[0] and '--nocb' not in trained[1]
+    # seed 0 draws each set from its model; seed 1 trains on the same file
+    assert '--synthetic_logdir=' + str(tmp_path / 'mnistlt_cbdm') in runs['cbdm_d0_s0']
+    assert '--synthetic=SET_OF_cbdm_d0_s0' in runs['cbdm_d0_s1']
+    assert not any(x.startswith('--synthetic_logdir') for x in runs['cbdm_d0_s1'])
+    # the filter reads the same seed's real-data classifier; the feature rows its features
+    assert f'--filter_logdir={tmp_path}/tdfa/ce_s1' in runs['cbdm_filter_d0_s1']
+    assert f'--feature_classifier_logdir={tmp_path}/tdfa/ce_s1' in runs['feat_cb_s1']
+    assert '--cb' in runs['feat_cb_s1'] and '--nocb' in runs['feat_ddpm_s1']
+    assert '--translate_strength=0.8' in runs['translate08_d0_s0']
+    assert '--cls_loss=ldam_drw' in runs['best_ldam_d0_s0']
+    assert '--synthetic=SET_OF_cbdm_d0_s0' in runs['best_ldam_d0_s0']
+    # real-data rows alone need no diffusion model
+    p = _tdfa('--dry-run', '--log_root', tmp_path, '--rows', 'ce,resample')
+    assert p.returncode == 0 and '--train' not in p.stdout
+
+
+def test_mnistlt_tdfa_tiny_real_rows_and_feature_rows(tmp_path):
+    extra = ('--cls_epochs=1 --cls_eval_every=0 --cls_batch_size=128 --feat_steps=4 '
+             '--feat_width=16 --feat_blocks=1 --feat_head_epochs=1 --T=10')
+    out = tmp_path / 'table.md'
+    p = _tdfa('--log_root', tmp_path, '--rows', 'ce,resample,feat_cb', '--seeds', '0,1',
+              '--extra', extra, '--out', out)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    lines = out.read_text().splitlines()
+    assert lines[0] == '| runs | seeds | top-1 | many | medium | few |'
+    labels = [line.split(' | ')[0].lstrip('| ') for line in lines[2:]]
+    assert labels == ['real images alone (988), cross-entropy',
+                      'real images, class-balanced re-sampling (the control)',
+                      'feature-level, class-balanced (--cfg --cb --tau 1)']
+    assert all(line.split(' | ')[1] == '2' for line in lines[2:])      # two seeds each
+    record = json.loads((tmp_path / 'tdfa' / 'resample_s1' / 'eval.jsonl').read_text())
+    assert record['resample'] is True and record['epochs'] == 1 and record['seed'] == 1
+    assert 'done in' in p.stdout
