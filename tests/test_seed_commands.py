@@ -2,7 +2,7 @@
 
 Each command is the seed README's text (also in our README), run from a folder laid out as the
 README assumes (./config, ./stats, ./logs), changed only by appended overrides that shrink the
-model (ch 32, two levels, one res block), T (10), the step counts (divided by 100,000 and
+model (ch 32, two levels, one res block), T (4), the step counts (divided by 100,000 and
 rounded up, so the checkpoints the evaluation commands name exist: step 200,000 -> 2, 250,000 -> 3),
 --num_images (100) and --root
 (tiny CIFAR-100 files in the real format). --parallel, the flagfile and --batch_size stay.
@@ -85,7 +85,7 @@ EVALS = {
 }
 SCALE = 100000
 SHRINK = ['--root', 'data', '--ch', '32', '--ch_mult', '1', '--ch_mult', '2',
-          '--num_res_blocks', '1', '--T', '10']
+          '--num_res_blocks', '1', '--T', '4']
 
 
 def tokens(command):
