@@ -122,7 +122,7 @@ def test_sample_eval_and_classify(work):
     record = json.loads((tmp / 'logs' / 'mnistlt_cls_cbdm' / 'eval.jsonl').read_text())
     assert record['data_type'] == 'mnistlt' and record['test_images'] == 1000
     assert record['num_generated'] == 300            # 30 per class (the command: up to 400)
-    assert record['synthetic_sampler'] == 'ddim' and record['synthetic_clip_denoised'] is True
+    assert record['synthetic_sampler'] == 'ddim' and record['synthetic_clip_denoised'] is False
 
 
 def test_generators_script(work):

@@ -100,7 +100,7 @@ def test_a_generated_set_is_reused_only_for_the_same_settings(setup, tmp_path):
     first = run_main(*args, '--sample_steps=2')
     assert first.returncode == 0, first.stderr[-3000:]
     sets = sorted(p.name for p in (tmp_path / 'cls' / 'synthetic').glob('*_labels.npy'))
-    assert sets == ['run_cfg_1.0_ddim2quad_eta1_clip_STEP1_fill3_seed0_labels.npy']
+    assert sets == ['run_cfg_1.0_ddim2quad_eta1_STEP1_fill3_seed0_labels.npy']
     # another number of steps draws another set instead of reusing the first
     (tmp_path / 'cls' / 'eval.jsonl').unlink()
     other = run_main(*args, '--sample_steps=4', '--noresume')
@@ -108,12 +108,12 @@ def test_a_generated_set_is_reused_only_for_the_same_settings(setup, tmp_path):
     rec = json.loads((tmp_path / 'cls' / 'eval.jsonl').read_text().splitlines()[-1])
     assert (rec['synthetic_sampler'], rec['synthetic_sample_steps'], rec['synthetic_eta'],
             rec['synthetic_clip_denoised'], rec['synthetic_nfe_per_image']) == (
-        'ddim', 4, 1.0, True, 8)                                    # guided: 2 per step
-    assert rec['sampler'] == 'ddim' and rec['synthetic'].endswith('ddim4quad_eta1_clip_STEP1_'
+        'ddim', 4, 1.0, False, 8)                                    # guided: 2 per step
+    assert rec['sampler'] == 'ddim' and rec['synthetic'].endswith('ddim4quad_eta1_STEP1_'
                                                                   'fill3_seed0.npy')
     sets = sorted(p.name for p in (tmp_path / 'cls' / 'synthetic').glob('*_labels.npy'))
-    assert sets == ['run_cfg_1.0_ddim2quad_eta1_clip_STEP1_fill3_seed0_labels.npy',
-                    'run_cfg_1.0_ddim4quad_eta1_clip_STEP1_fill3_seed0_labels.npy']
+    assert sets == ['run_cfg_1.0_ddim2quad_eta1_STEP1_fill3_seed0_labels.npy',
+                    'run_cfg_1.0_ddim4quad_eta1_STEP1_fill3_seed0_labels.npy']
     # the same settings again: reused
     (tmp_path / 'cls' / 'eval.jsonl').unlink()
     same = run_main(*args, '--sample_steps=4', '--noresume')

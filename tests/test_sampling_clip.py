@@ -202,7 +202,11 @@ def test_use_defaults_and_auto_resolve_in_one_place():
                                           'clip_denoised'))
     for sampler, use in ((None, 'synthetic'), ('auto', 'eval'), ('auto', 'grid')):
         s = resolve(sampler, 7, 'uniform', 0.3, None, use, T=1000)  # flags ignored under auto
-        assert (s.sampler, s.sample_steps, s.spacing, s.eta, s.clip_denoised) == rec and s.auto
+        # generated training sets keep their own clipping: off (the recognition outcome)
+        clip = USE_DEFAULTS['synthetic']['clip_denoised'] if use == 'synthetic' else rec[4]
+        assert (s.sampler, s.sample_steps, s.spacing, s.eta) == rec[:4] and s.auto
+        assert s.clip_denoised == clip
+    assert USE_DEFAULTS['synthetic'] == {'sampler': 'auto', 'clip_denoised': False}
     # an explicit --clip_denoised / --noclip_denoised always wins
     assert not resolve('auto', 7, 'auto', 0.0, False, 'sample', T=1000).clip_denoised
     assert resolve(None, 7, 'auto', 0.0, True, 'eval', T=1000).clip_denoised
