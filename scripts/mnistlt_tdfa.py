@@ -93,9 +93,16 @@ def train_model(args, kind, d):
     return folder
 
 
+def say(line):
+    """One whole line to stdout (runs print from several threads; print's text and newline are
+    separate writes that interleave)."""
+    sys.stdout.write(line + '\n')
+    sys.stdout.flush()
+
+
 def run(args, flags, folder):
     cmd = [sys.executable, 'main.py', *flags]
-    print('+ ' + ' '.join(cmd), flush=True)
+    say('+ ' + ' '.join(cmd))
     if args.dry_run:
         return
     os.makedirs(os.path.dirname(folder), exist_ok=True)
@@ -207,7 +214,7 @@ def write_table(args, rows, labels):
            '--order', *rows, '--out', args.out]
     for row in rows:
         cmd += ['--label', f'{row}={labels.get(row, row)}']
-    print('+ ' + ' '.join(cmd), flush=True)
+    say('+ ' + ' '.join(cmd))
     if not args.dry_run:
         subprocess.run(cmd, cwd=ROOT, check=True)
 
