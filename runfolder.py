@@ -102,6 +102,19 @@ class StepBatchSampler(Sampler):
             step += 1
 
 
+def load_kind_checkpoint(path, kind, what):
+    """torch.load of a checkpoint dict whose 'kind' is `kind` (a classifier's, a feature
+    model's); UserError naming `what` when it is truncated, not a checkpoint or of another kind."""
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:
+        raise UserError(f'checkpoint {path} is truncated or not a checkpoint '
+                        f'({type(e).__name__})') from None
+    if not isinstance(ckpt, dict) or ckpt.get('kind') != kind:
+        raise UserError(f'{path} is not {what}')
+    return ckpt
+
+
 def remove_stale_temporaries(folder):
     """Delete temporary files left by a process killed while writing (see utils.atomic_write)."""
     for path in glob.glob(os.path.join(glob.escape(folder), '.*.tmp')):

@@ -36,7 +36,8 @@ from torch import nn
 from checkpoint import save_checkpoint
 from diffusion import EMA, GaussianDiffusionSampler, GaussianDiffusionTrainer
 from model import TimeEmbedding
-from runfolder import StepBatchSampler, newest_loadable_checkpoint, rng_state, set_rng_state
+from runfolder import (StepBatchSampler, load_kind_checkpoint, newest_loadable_checkpoint,
+                       rng_state, set_rng_state)
 from utils import UserError
 
 SAMPLE_CHUNK = 4096  # feature vectors sampled per batch (they are small)
@@ -174,14 +175,8 @@ def training_settings(cfg, dim, num_class):
 
 def load_feature_checkpoint(path):
     """torch.load of a feature-diffusion checkpoint; UserError when truncated or foreign."""
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:
-        raise UserError(f'checkpoint {path} is truncated or not a checkpoint '
-                        f'({type(e).__name__})') from None
-    if not isinstance(ckpt, dict) or ckpt.get('kind') != 'feature_diffusion':
-        raise UserError(f'{path} is not a feature-diffusion checkpoint of --feature_aug')
-    return ckpt
+    return load_kind_checkpoint(path, 'feature_diffusion',
+                                'a feature-diffusion checkpoint of --feature_aug')
 
 
 def resumable_checkpoint(folder, settings):

@@ -14,7 +14,8 @@ from recognition.losses import (LongTailLoss, counts_source, loss_settings, trai
                                 uses_cosine_head)
 from recognition.models import build_classifier
 from recognition.reports import GROUPS, accuracy_report, evaluate_and_report, test_results
-from runfolder import StopRequest, newest_loadable_checkpoint, rng_state, set_rng_state
+from runfolder import (StopRequest, load_kind_checkpoint, newest_loadable_checkpoint, rng_state,
+                       set_rng_state)
 from utils import UserError
 
 
@@ -28,15 +29,8 @@ def lr_factor(epoch, warmup, milestones, gamma):
 
 
 def load_classifier_checkpoint(path):
-    """torch.load of a classifier checkpoint; UserError when missing, truncated or foreign."""
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:
-        raise UserError(f'checkpoint {path} is truncated or not a checkpoint '
-                        f'({type(e).__name__})') from None
-    if not isinstance(ckpt, dict) or ckpt.get('kind') != 'classifier':
-        raise UserError(f'{path} is not a classifier checkpoint of main.py --classify')
-    return ckpt
+    """torch.load of a classifier checkpoint; UserError when truncated or foreign."""
+    return load_kind_checkpoint(path, 'classifier', 'a classifier checkpoint of main.py --classify')
 
 
 def newest_classifier_checkpoint(folder):

@@ -113,3 +113,20 @@ def test_keep_ckpt_deletes_only_older_periodic_checkpoints(tmp_path):
                    f'--logdir={tmp_path}')
     assert out.returncode == 0, out.stderr[-2000:]
     assert [s for s, _ in list_checkpoints(str(tmp_path))] == [6, 8]
+
+
+def test_checkpoint_of_a_kind_refuses_truncated_and_foreign_files(tmp_path):
+    """The classifier's and the feature model's checkpoint loaders share one check."""
+    import pytest
+    import torch
+    from recognition.feature_diffusion import load_feature_checkpoint
+    from recognition.loop import load_classifier_checkpoint
+    from utils import UserError
+    good = tmp_path / 'cls.pt'
+    torch.save({'kind': 'classifier', 'epoch': 3}, good)
+    assert load_classifier_checkpoint(str(good))['epoch'] == 3
+    with pytest.raises(UserError, match='is not a feature-diffusion checkpoint'):
+        load_feature_checkpoint(str(good))
+    (tmp_path / 'cut.pt').write_bytes(good.read_bytes()[:20])
+    with pytest.raises(UserError, match='truncated or not a checkpoint'):
+        load_classifier_checkpoint(str(tmp_path / 'cut.pt'))
