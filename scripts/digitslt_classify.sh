@@ -7,11 +7,13 @@
 #   ddpm, cbdm     the same plus images of that model filling every class up to 148
 #   cas_ddpm, cas_cbdm
 #                  Classification Accuracy Score: 148 generated images per class alone
-# Generated images: cfg, omega OMEGA, DDIM with SAMPLE_STEPS steps, noise seeded by the seed.
+# Generated images: cfg, omega OMEGA, --classify's default sampler for generated sets (SAMPLER
+# auto: samplers.RECOMMENDED, unclipped) or SAMPLER with SAMPLE_STEPS, noise seeded by the seed.
 #
 # usage: scripts/digitslt_classify.sh [--dry-run] [LOG_ROOT]
 #   LOG_ROOT (default ./logs) gets digits_ddpm, digits_cbdm and digitslt_cls_<row>_s<seed>.
-#   Environment: SEEDS [0 1 2], TOTAL_STEPS [2500], OMEGA [1.0], SAMPLE_STEPS [100],
+#   Environment: SEEDS [0 1 2], TOTAL_STEPS [2500], OMEGA [1.0], SAMPLER [auto],
+#   SAMPLE_STEPS [50, not with auto],
 #   CLS_EPOCHS [30], PYTHON, EXTRA_FLAGS, DRY_RUN=1. Re-running skips what is done.
 #   Ends with python scripts/collect_results.py LOG_ROOT (one row per classifier run).
 set -euo pipefail
@@ -21,7 +23,8 @@ parse_args 'LOG_ROOT' '[--dry-run] [LOG_ROOT]' "$@"
 SEEDS="${SEEDS:-0 1 2}"
 TOTAL_STEPS="${TOTAL_STEPS:-2500}"
 OMEGA="${OMEGA:-1.0}"
-SAMPLE_STEPS="${SAMPLE_STEPS:-100}"
+SAMPLER="${SAMPLER:-auto}"
+SAMPLE_STEPS="${SAMPLE_STEPS:-50}"
 CLS_EPOCHS="${CLS_EPOCHS:-30}"
 for v in TOTAL_STEPS SAMPLE_STEPS CLS_EPOCHS; do
     is_int "$v" "${!v}"
@@ -55,8 +58,11 @@ for seed in $SEEDS; do
             *) args+=(--synthetic_logdir "$LOG_ROOT/digits_$row") ;;
         esac
         if [ "$row" != ce ]; then
-            args+=(--ckpt_step "$FINAL" --sample_method cfg --omega "$OMEGA" --sampler ddim
-                   --sample_steps "$SAMPLE_STEPS" --batch_size 500 --synthetic_fill head)
+            args+=(--ckpt_step "$FINAL" --sample_method cfg --omega "$OMEGA"
+                   --batch_size 500 --synthetic_fill head)
+            if [ "$SAMPLER" != auto ]; then
+                args+=(--sampler "$SAMPLER" --sample_steps "$SAMPLE_STEPS")
+            fi
         fi
         say "classifier $row, seed $seed into $run_dir"
         main_py "${args[@]}"

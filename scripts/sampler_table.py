@@ -25,10 +25,14 @@ the same for the tail (the five classes with the fewest training images) and per
 images/s of the sampling alone (one process, the threads of OMP_NUM_THREADS). Rows give mean ±
 std over the seeds and the network evaluations per image (NFE; a guided step counts 2). A row
 is marked "≈ DDPM" when its class acc, precision and recall are each at least, and its FID at
-most, the clip-matched DDPM reference's mean minus (plus) twice that reference's seed std.
+most, the mean minus (plus) twice the seed std of the reference: DDPM over all T steps without
+the clip, the sampler the public code and the paper use. DDPM with the clip is a row of its own
+(`--ddpm_clip_seeds`, default the --seeds; it costs as much as the reference).
 
-Writes the markdown table to --out (the sets and scores are cached under LOGDIR/sampler_table/,
-so a rerun resumes where it stopped) and a plot of FID and class acc against NFE beside it.
+Writes the markdown table to --out and a plot of FID and class acc against NFE beside it after
+every setting (the few-step settings first, DDPM last), so a stopped run leaves the table of
+what it measured; the sets and scores are cached under LOGDIR/sampler_table/ and a rerun resumes
+where it stopped.
 """
 import argparse
 import json
@@ -144,13 +148,27 @@ def cached(cache_dir, key, compute):
 
 
 def settings_list(args, T):
-    rows = [('ddpm', T, clip) for clip in (False, True)]
+    """[(sampler, steps, clip, seeds)]: the cheap few-step settings first, DDPM over all T
+    steps last (the table is rewritten after each setting, so a stopped run shows them)."""
+    seeds = int_list('--seeds', args.seeds)
+    rows = []
     for name in args.samplers.split(','):
         if name not in SAMPLERS:
             raise UserError(f'--samplers: unknown {name!r}; choose from {", ".join(SAMPLERS)}')
-        rows += [(name, n, clip) for n in map(int, args.steps.split(',')) for clip in
-                 (False, True)]
-    return rows
+        rows += [(name, n, clip, seeds) for n in int_list('--steps', args.steps)
+                 for clip in (False, True)]
+    rows.append(('ddpm', T, False, seeds))
+    clip_seeds = ([] if args.ddpm_clip_seeds == 'none' else
+                  int_list('--ddpm_clip_seeds', args.ddpm_clip_seeds or args.seeds))
+    return rows + [('ddpm', T, True, clip_seeds)] if clip_seeds else rows
+
+
+def int_list(flag, text):
+    """'0,1,2' -> [0, 1, 2]; '' -> []; anything else is a UserError naming the flag."""
+    try:
+        return [int(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise UserError(f'{flag} {text!r}: give comma-separated integers, e.g. 0,1,2') from None
 
 
 def summarise(per_seed):
@@ -161,6 +179,7 @@ def summarise(per_seed):
         out[k] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
     out['acc_class'] = np.mean([r['acc_class'] for r in per_seed], axis=0).tolist()
     out['nfe'] = per_seed[0]['nfe']
+    out['seeds'] = len(per_seed)
     return out
 
 
@@ -173,20 +192,33 @@ def near_ddpm(row, ref):
     return row['FID'][0] <= ref['FID'][0] + 2 * ref['FID'][1]
 
 
-def pm(v, digits=3):
-    return f'{v[0]:.{digits}f} ± {v[1]:.{digits}f}'
+def pm(v, digits=3, n=2):
+    """'mean ± std', or the mean alone for a single seed (no spread to show)."""
+    return f'{v[0]:.{digits}f} ± {v[1]:.{digits}f}' if n > 1 else f'{v[0]:.{digits}f}'
+
+
+def ordered(rows):
+    """The rows for display: DDPM first (unclipped, the reference, then clipped), then the
+    few-step settings in the order measured."""
+    return sorted(rows, key=lambda r: (r[0][0] != 'ddpm', r[0][0] == 'ddpm' and r[0][2]))
 
 
 def write_table(args, cfg, rows, judge_acc, n_ref, tail):
-    lines = ['| sampler | steps | clip | NFE | FID (judge features) | precision | recall | '
-             'class acc | tail acc | tail recall | images/s | ≈ DDPM |',
-             '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
-    refs = {clip: summary for (name, _, clip), summary in rows if name == 'ddpm'}
+    lines = ['| sampler | steps | clip | NFE | seeds | FID (judge features) | precision | '
+             'recall | class acc | tail acc | tail recall | images/s | ≈ DDPM |',
+             '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+    rows = ordered(rows)
+    ref = next((s for (name, _, clip), s in rows if name == 'ddpm' and not clip), None)
     for (name, steps, clip), s in rows:
-        mark = 'reference' if name == 'ddpm' else ('yes' if near_ddpm(s, refs[clip]) else 'no')
-        lines.append(f'| {name} | {steps} | {"on" if clip else "off"} | {s["nfe"]} | '
-                     f'{pm(s["FID"], 2)} | {pm(s["precision"])} | {pm(s["recall"])} | '
-                     f'{pm(s["acc"])} | {pm(s["acc_tail"])} | {pm(s["recall_tail"])} | '
+        if name == 'ddpm' and not clip:
+            mark = 'reference'
+        else:
+            mark = 'not yet' if ref is None else ('yes' if near_ddpm(s, ref) else 'no')
+        n = s['seeds']
+        lines.append(f'| {name} | {steps} | {"on" if clip else "off"} | {s["nfe"]} | {n} | '
+                     f'{pm(s["FID"], 2, n)} | {pm(s["precision"], 3, n)} | '
+                     f'{pm(s["recall"], 3, n)} | {pm(s["acc"], 3, n)} | '
+                     f'{pm(s["acc_tail"], 3, n)} | {pm(s["recall_tail"], 3, n)} | '
                      f'{s["images_per_s"][0]:.2f} | {mark} |')
     per_class = ['| sampler | steps | clip | ' + ' | '.join(f'class {c}' for c in range(10)) + ' |',
                  '|---|---:|---|' + '---:|' * 10]
@@ -197,7 +229,8 @@ def write_table(args, cfg, rows, judge_acc, n_ref, tail):
     text = (f'{args.logdir} ckpt {args.ckpt_step} ({cfg.data_type}, {cfg.img_size}x{cfg.img_size}), '
             f'cfg omega {cfg.omega}, {10 * args.per_class} images per set ({args.per_class} per '
             f'class), seeds {", ".join(seeds)} (mean ± std); judge held-out accuracy '
-            f'{judge_acc:.3f}; reference: {n_ref} real images; tail = classes {tail}.\n\n'
+            f'{judge_acc:.3f}; reference: {n_ref} real images; tail = classes {tail}; '
+            f'≈ DDPM: within twice the seed std of DDPM without the clip.\n\n'
             + '\n'.join(lines) + '\n\nClass acc per class (mean over seeds):\n\n'
             + '\n'.join(per_class) + '\n')
     save_text(args.out, text)
@@ -253,6 +286,8 @@ def main(argv=None):
     ap.add_argument('--batch_size', type=int, default=300)
     ap.add_argument('--judge_epochs', type=int, default=JUDGE_EPOCHS,
                     help='epochs of the MNIST judge (cached per value)')
+    ap.add_argument('--ddpm_clip_seeds', default='',
+                    help='seeds of the DDPM-with-clip row (default: --seeds; "none": no row)')
     ap.add_argument('--out', default='')
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, int(os.environ.get('OMP_NUM_THREADS', '1') or 1)))
@@ -271,9 +306,9 @@ def main(argv=None):
     tail = sorted(int(c) for c in np.argsort(-counts, kind='stable')[5:])
     labels = np.repeat(np.arange(10), args.per_class).astype(np.int64)
     rows = []
-    for name, steps, clip in settings_list(args, cfg.T):
+    for name, steps, clip, seeds in settings_list(args, cfg.T):
         per_seed = []
-        for seed in map(int, args.seeds.split(',')):
+        for seed in seeds:
             key = f'{name}_{steps}_clip{int(clip)}_omega{cfg.omega:g}_n{len(labels)}_seed{seed}'
 
             def compute():
@@ -287,8 +322,8 @@ def main(argv=None):
         rows.append(((name, steps, clip), summarise(per_seed)))
         print(f'{name} {steps} clip={clip}: FID {pm(rows[-1][1]["FID"], 2)}, acc '
               f'{pm(rows[-1][1]["acc"])}', flush=True)
-    write_table(args, cfg, rows, judge_acc, len(ref_x), tail)
-    print(f'wrote {args.out} and {plot(args, rows)}')
+        write_table(args, cfg, rows, judge_acc, len(ref_x), tail)
+        print(f'wrote {args.out} and {plot(args, rows)}', flush=True)
 
 
 if __name__ == '__main__':

@@ -160,14 +160,19 @@ def test_sampler_table_script(work):
     assert out.returncode == 0, out.stderr[-3000:]
     out_md = tmp / 'docs' / 'sampler_mnistlt.md'
     lines = out_md.read_text().splitlines()
-    table = [line for line in lines if line.count('|') == 13 and
+    table = [line for line in lines if line.count('|') == 14 and
              (' | on | ' in line or ' | off | ' in line)]
-    # ddpm with and without clip, then 5 samplers x clip off / on
+    # ddpm without clip (the reference) and with, then 5 samplers x clip off / on
     assert len(table) == 2 + 5 * 2
-    assert table[0].startswith('| ddpm | 10 | off | 20 |')    # NFE: 10 guided steps
-    assert any(r.startswith('| dpm++2m-sde | 2 | on | 4 |') for r in table)
-    for r in table:
-        assert ' ± ' in r                                       # two seeds: a spread
+    assert table[0].startswith('| ddpm | 10 | off | 20 | 2 |')    # NFE: 10 guided steps
+    assert table[0].endswith('| reference |')
+    assert any(r.startswith('| dpm++2m-sde | 2 | on | 4 | 2 |') for r in table)
+    # two seeds: a spread; the clipped DDPM row has the README's one seed (--ddpm_clip_seeds 0)
+    assert table[1].startswith('| ddpm | 10 | on | 20 | 1 |') and ' ± ' not in table[1]
+    for r in table[:1] + table[2:]:
+        assert ' ± ' in r
+    for r in table[1:]:
+        assert r.endswith(('| yes |', '| no |'))
     assert (tmp / 'docs' / 'sampler_mnistlt.png').is_file()
     # a rerun reads every set from the cache (nothing drawn) and writes the same table
     before = out_md.read_text()

@@ -375,6 +375,7 @@ def test_classify_dry_run(tmp_path, ds):
         assert values['--ckpt_step'] == ckpt and values['--omega'] == omega
         assert values['--sample_method'] == 'cfg' and values['--synthetic_fill'] == 'head'
         assert ('--synthetic_only' in switches) == row.startswith('cas_')
+        assert '--sampler' not in values       # --classify's default for generated sets
     assert p.stdout.count('warning: the generator checkpoint') == 6
     # without dry run a missing generator stops the script before any training
     p = run_script(f'{ds}lt_classify.sh', data, logs, CLS_ROWS='ce cbdm')
@@ -420,6 +421,14 @@ def test_digits_classify_dry_run(tmp_path):
         if '--synthetic_logdir' in values:
             assert values['--ckpt_step'] == '2499' and values['--synthetic_fill'] == 'head'
             assert ('--synthetic_only' in switches) == ('cas_' in values['--logdir'])
+            # --classify's default sampler for generated sets (auto) unless SAMPLER says
+            assert '--sampler' not in values and '--sample_steps' not in values
+    p = run_script('digitslt_classify.sh', '-n', logs, SEEDS='0', SAMPLER='ddim',
+                   SAMPLE_STEPS='100')
+    assert p.returncode == 0, p.stderr
+    drawn = [parse_flags(c)[0] for c in commands(p.stdout)[2:] if '--synthetic_logdir' in c]
+    assert drawn and all(v['--sampler'] == 'ddim' and v['--sample_steps'] == '100'
+                         for v in drawn)
 
 
 def test_collect_results_accuracy_columns(tmp_path):

@@ -11,8 +11,9 @@
 # Sourced by scripts/cifar10lt_classify.sh and scripts/cifar100lt_classify.sh, which set
 # DATASET (cifar10 or cifar100). Environment (besides scripts/common.sh's): CLS_ROWS (the rows
 # to run, default all seven), CLS_EPOCHS (200), SYN_FILL (head, or N per class), CAS_FILL
-# (head), SYN_WEIGHT (1.0), SAMPLER (ddpm; ddim with SAMPLE_STEPS is much faster), SAMPLE_STEPS
-# (50), SAMPLE_BATCH (512, the sampling batch). Each generator is sampled at its row's
+# (head), SYN_WEIGHT (1.0), SAMPLER (auto: --classify's default for generated sets,
+# samplers.RECOMMENDED unclipped; or a sampler name with SAMPLE_STEPS, e.g. ddpm), SAMPLE_STEPS
+# (50, not with auto), SAMPLE_BATCH (512, the sampling batch). Each generator is sampled at its row's
 # evaluation checkpoint and omega (ddpm 200000 / 0.8, cbdm 300000 / 1.6, cbdm_augm 500000 /
 # 1.4, as scripts/rows/*.sh). Runs land in LOG_ROOT/${DATASET}lt_cls_<row>.
 : "${DATASET:?set DATASET to cifar10 or cifar100}"
@@ -24,7 +25,7 @@ CLS_EPOCHS="${CLS_EPOCHS:-200}"
 SYN_FILL="${SYN_FILL:-head}"
 CAS_FILL="${CAS_FILL:-head}"
 SYN_WEIGHT="${SYN_WEIGHT:-1.0}"
-SAMPLER="${SAMPLER:-ddpm}"
+SAMPLER="${SAMPLER:-auto}"
 SAMPLE_STEPS="${SAMPLE_STEPS:-50}"
 SAMPLE_BATCH="${SAMPLE_BATCH:-512}"
 for v in CLS_EPOCHS SAMPLE_STEPS SAMPLE_BATCH; do
@@ -68,8 +69,10 @@ for row in $CLS_ROWS; do
         if [ "$DRY_RUN" = 1 ]; then say "warning: $msg"; else die "$msg"; fi
     fi
     args="$args --synthetic_logdir $(printf '%q' "$gen_dir") --ckpt_step $gen_ckpt"
-    args="$args --sample_method cfg --omega $gen_omega --sampler $(printf '%q' "$SAMPLER")"
-    args="$args --sample_steps $SAMPLE_STEPS --batch_size $SAMPLE_BATCH"
+    args="$args --sample_method cfg --omega $gen_omega --batch_size $SAMPLE_BATCH"
+    if [ "$SAMPLER" != auto ]; then
+        args="$args --sampler $(printf '%q' "$SAMPLER") --sample_steps $SAMPLE_STEPS"
+    fi
     if [ "$row" = "$gen_row" ]; then
         args="$args --synthetic_fill $SYN_FILL --synthetic_weight $(printf '%q' "$SYN_WEIGHT")"
     else
