@@ -8,6 +8,7 @@ import torch
 
 from diffusion import GaussianDiffusionSampler
 from model import UNet
+import samplers
 from samplers import resolve
 from utils import UserError
 
@@ -41,7 +42,8 @@ def build_sampler(cfg, model, num_class, use):
     resolved to."""
     settings = sampler_settings(cfg, use)
     if settings.auto:
-        print(f'--sampler auto ({use}): {settings.describe()} (samplers.RECOMMENDED)')
+        print(f'--sampler auto ({use}): {settings.describe()} '
+              f'(samplers.{samplers.recommended(use)[0]})')
     if cfg.compile:
         model = compile_model(model)
     try:

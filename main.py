@@ -82,8 +82,9 @@ flags.DEFINE_enum('sample_method', 'cfg', ['cfg', 'cond', 'uncond'], help='sampl
 flags.DEFINE_float('omega', 0.0, help='classifier-free guidance strength')
 flags.DEFINE_enum('sampler', None, list(SAMPLERS) + ['auto'],
                   help='DDPM over all T steps, or DDIM / DPM-Solver++(2M) (ODE or SDE) / UniPC in '
-                       '--sample_steps; auto: the recommended fast setting (samplers.RECOMMENDED: '
-                       'sampler, steps, spacing, eta, clipping); unset: the default of each use '
+                       '--sample_steps; auto: the recommended fast setting (sampler, steps, spacing, '
+                       'eta, clipping: samplers.RECOMMENDED, for generated training sets '
+                       'samplers.RECOMMENDED_SYNTHETIC); unset: the default of each use '
                        f'(samplers.USE_DEFAULTS: {use_defaults_text()}; synthetic = --classify\'s '
                        'generated sets)')
 flags.DEFINE_integer('sample_steps', 50, help='steps of every sampler but ddpm, in [1, T]')
@@ -91,7 +92,7 @@ flags.DEFINE_float('eta', 0.0, help='DDIM eta (0 deterministic); must be 0 for d
                    'dpm++2m-sde, unipc')
 flags.DEFINE_bool('clip_denoised', None, help='clip the predicted x0 to [-1, 1] at every '
                   'sampling step; unset: the default of each use (see --sampler), under --sampler '
-                  'auto samplers.RECOMMENDED\'s')
+                  'auto the recommended setting\'s')
 flags.DEFINE_enum('skip_type', 'quad', ['quad', 'uniform'],
                   help='DDIM step spacing when --spacing is auto (kept for older flagfiles)')
 flags.DEFINE_enum('spacing', 'auto', ['auto', 'quad', 'uniform', 'default', 'karras', 'lu',
@@ -310,7 +311,7 @@ CROSS_DOMAINS = [
     (('attn', 'ch_mult'), '--attn levels must index --ch_mult (0 .. levels - 1, or -1)',
      lambda f: all(a < len(f['ch_mult']) for a in f['attn'])),
     # --sampler unset: the rules hold for the default sampler of every use; auto: they do not
-    # apply (it takes steps, spacing and eta from samplers.RECOMMENDED)
+    # apply (it takes steps, spacing and eta from samplers.recommended(use))
     (('sample_steps', 'T', 'sampler'), '--sample_steps must be <= --T for a sampler other than '
      'ddpm', lambda f: all(s == 'ddpm' or f['sample_steps'] <= f['T']
                            for s in flag_samplers(f['sampler']))),

@@ -4,8 +4,9 @@ Three things the sampler of diffusion.py builds on:
 
 - Settings: which sampler, steps, spacing, eta and clipping a use gets. `USE_DEFAULTS` holds the
   default of each use (--eval, the training grids, --sample, --classify's generated sets) for an
-  unset --sampler / --clip_denoised, `RECOMMENDED` the fast setting that `--sampler auto` stands
-  for, and `resolve` turns the flags and a use into one `SamplerSettings`.
+  unset --sampler / --clip_denoised; `--sampler auto` stands for `RECOMMENDED` (images to look
+  at and to score) or `RECOMMENDED_SYNTHETIC` (generated training sets), `recommended(use)`
+  says which; `resolve` turns the flags and a use into one `SamplerSettings`.
 - Noise: `ImageNoise` draws x_T and every step's noise image by image, each image from its own
   torch.Generator seeded from (seed, global image index), so that a sample is a pure function of
   (seed, index, label, settings), whatever the batch size or the batch it falls in.
@@ -70,25 +71,35 @@ SAMPLERS = tuple(SPACINGS)
 # noise, as DDPM does)
 ETA_SAMPLERS = ('ddpm', 'ddim')
 
-# The recommended fast setting, what `--sampler auto` stands for. PROVISIONAL: stochastic DDIM,
-# which kept DDPM's quality on the digits demo model (README, "On a learned model"), until the
-# learned-model table (issue #16, item 4) decides.
+# What `--sampler auto` stands for (scripts/sampler_table.py, README "Fast sampling on the
+# learned models"). RECOMMENDED, for images to look at and to score (grids, --sample, --eval with
+# auto): PROVISIONAL until the learned-model table decides.
 RECOMMENDED = {'sampler': 'ddim', 'sample_steps': 50, 'spacing': 'quad', 'eta': 1.0,
                'clip_denoised': True}
+# RECOMMENDED_SYNTHETIC, for --classify's generated training sets, is chosen by what the
+# classifier learns from them, not by their look: on MNIST-LT (scripts/mnistlt_tdfa.py
+# --experiment sampler_choice, 3 classifier seeds) classifiers trained with unclipped stochastic
+# DDIM 50 sets beat those trained with clipped ones for DDPM and CBDM alike, although the clipped
+# images look cleaner.
+RECOMMENDED_SYNTHETIC = {'sampler': 'ddim', 'sample_steps': 50, 'spacing': 'quad', 'eta': 1.0,
+                         'clip_denoised': False}
 # What an unset --sampler / --clip_denoised means for each use. --eval keeps the paper's sampler
 # (DDPM over all T steps, unclipped x0) so the seed's commands reproduce it; grids and --sample
 # clip the x0 prediction (a small model's guided ODE drifts off [-1, 1] and a clip removes that
-# noise); --classify's generated sets take the recommended sampler without the clip: on MNIST-LT
-# (scripts/mnistlt_tdfa.py --experiment sampler_choice, 3 classifier seeds) classifiers trained
-# with unclipped sets beat those trained with clipped ones for DDPM and CBDM alike, although
-# the clipped images look cleaner. RECOMMENDED itself stays provisional until the learned-model
-# table (scripts/sampler_table.py) is run.
+# noise); --classify's generated sets take RECOMMENDED_SYNTHETIC.
 USE_DEFAULTS = {
     'eval': {'sampler': 'ddpm', 'clip_denoised': False},
     'grid': {'sampler': 'ddpm', 'clip_denoised': True},
     'sample': {'sampler': 'ddpm', 'clip_denoised': True},
-    'synthetic': {'sampler': 'auto', 'clip_denoised': False},
+    'synthetic': {'sampler': 'auto', 'clip_denoised': RECOMMENDED_SYNTHETIC['clip_denoised']},
 }
+
+
+def recommended(use):
+    """(name, settings dict) of what `--sampler auto` stands for in `use`."""
+    if use == 'synthetic':
+        return 'RECOMMENDED_SYNTHETIC', RECOMMENDED_SYNTHETIC
+    return 'RECOMMENDED', RECOMMENDED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +142,7 @@ def use_defaults_text():
 def flag_samplers(sampler):
     """The concrete samplers that --sampler `sampler` may run, for the checks of --sample_steps,
     --spacing and --eta: the sampler itself; for None (unset) the default sampler of every use;
-    none for 'auto', which takes all its settings from RECOMMENDED."""
+    none for 'auto', which takes all its settings from recommended(use)."""
     names = [d['sampler'] for d in USE_DEFAULTS.values()] if sampler is None else [sampler]
     return sorted({name for name in names if name != 'auto'})
 
@@ -140,9 +151,9 @@ def resolve(sampler, sample_steps, spacing, eta, clip_denoised, use, skip_type='
     """The settings that the flags give `use` (a key of USE_DEFAULTS).
 
     sampler None means the use's default sampler; 'auto' takes sampler, steps (capped at T),
-    spacing, eta and clipping from RECOMMENDED whatever the other arguments say; clip_denoised
-    None means the use's default (under 'auto' RECOMMENDED's, unless the use's own default sampler
-    is 'auto': then the use's), True / False are always honoured.
+    spacing, eta and clipping from recommended(use) whatever the other arguments say;
+    clip_denoised None means the use's default (under 'auto' recommended(use)'s), True / False
+    are always honoured.
     spacing 'auto' becomes the sampler's concrete spacing (resolve_spacing). Raises ValueError
     for an unknown use, sampler or spacing.
     """
@@ -152,14 +163,12 @@ def resolve(sampler, sample_steps, spacing, eta, clip_denoised, use, skip_type='
     name = default['sampler'] if sampler is None else sampler
     auto = name == 'auto'
     if auto:
-        name, sample_steps = RECOMMENDED['sampler'], RECOMMENDED['sample_steps']
-        spacing, eta = RECOMMENDED['spacing'], RECOMMENDED['eta']
+        rec = recommended(use)[1]
+        name, sample_steps, spacing, eta = (rec[k] for k in ('sampler', 'sample_steps',
+                                                             'spacing', 'eta'))
         if T is not None:
             sample_steps = min(sample_steps, T)
-        # a use whose default is auto states its own clipping (generated training sets: the
-        # recognition outcome decides it, not the look of the images)
-        clip_default = (default['clip_denoised'] if default['sampler'] == 'auto'
-                        else RECOMMENDED['clip_denoised'])
+        clip_default = rec['clip_denoised']
     else:
         clip_default = default['clip_denoised']
     clip = clip_default if clip_denoised is None else bool(clip_denoised)

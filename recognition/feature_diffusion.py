@@ -7,9 +7,10 @@ dropout), `--cb --tau` (the class-balancing regulariser, with the real class fre
 target distribution, as diffusion training from scratch uses) and `--T --beta_1 --beta_T` mean
 what they mean for images. Sampling runs GaussianDiffusionSampler's own steps with
 `--sample_method`, `--omega` and the sampler flags resolved as for --classify's generated images
-(`--sampler`, `--sample_steps`, `--spacing`, `--eta`, `--var_type`; unset: samplers.RECOMMENDED),
-but never clips: neither the x0 prediction (`--clip_denoised` is ignored) nor the result, since
-[-1, 1] is an image range and standardised features are unbounded.
+(`--sampler`, `--sample_steps`, `--spacing`, `--eta`, `--var_type`; unset:
+samplers.RECOMMENDED_SYNTHETIC), but never clips: neither the x0 prediction (`--clip_denoised` is
+ignored) nor the result, since [-1, 1] is an image range and standardised features are
+unbounded.
 
 Features are standardised per dimension (mean and std of the real set, saved in every
 checkpoint) before diffusion; `FeatureStats` maps them there and back.
@@ -334,8 +335,8 @@ def train_step(cfg, state, trainer, x_0, y_0, step):
 def feature_sampler_settings(cfg):
     """The samplers.SamplerSettings of the sampling flags for drawn features: those of
     --classify's generated sets (factory.sampler_settings, use 'synthetic'; an unset --sampler
-    means samplers.RECOMMENDED), never clipped: the clip to [-1, 1] is an image range, and
-    standardised features are unbounded."""
+    means samplers.RECOMMENDED_SYNTHETIC), never clipped: the clip to [-1, 1] is an image
+    range, and standardised features are unbounded."""
     from factory import sampler_settings
     return dataclasses.replace(sampler_settings(cfg, 'synthetic'), clip_denoised=False)
 

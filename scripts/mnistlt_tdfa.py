@@ -15,7 +15,8 @@ CNN, 30 epochs, 1,000 balanced test digits), one per row, classifier seed s and,
 use a diffusion model, diffusion seed d, in LOG_ROOT/tdfa/ROW[_d{d}]_s{s}. Generated and
 translated sets are drawn once per model and setting, by the run with classifier seed 0, with
 `--omega 1` (the models' training omega) and --classify's default sampler for generated sets
-(`--sampler` unset: samplers.RECOMMENDED), and passed to the other seeds as `--synthetic`.
+(`--sampler` unset: samplers.RECOMMENDED_SYNTHETIC), and passed to the other seeds as
+`--synthetic`.
 
 Rows (table):
   ce, ldam          real images alone, cross-entropy / LDAM-DRW
