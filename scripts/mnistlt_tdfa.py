@@ -5,6 +5,7 @@ the sampler for generated training sets), resumable.
     python scripts/mnistlt_tdfa.py [--log_root logs] [--out docs/tdfa_mnistlt.md] [--jobs 2]
         [--seeds 0,1,2] [--diffusion_seeds 0,1] [--rows ROW,...] [--best cbdm] [--dry-run]
         [--extra 'FLAGS for every classifier run'] [--train_extra 'FLAGS for diffusion runs']
+        [--table_only]
     python scripts/mnistlt_tdfa.py --experiment sampler_choice [--candidates NAME,...]
         [--out docs/synthetic_sampler_choice.md]
 
@@ -38,7 +39,8 @@ model is used). `--experiment sampler_choice` instead trains + DDPM / + CBDM ima
 each candidate sampler setting (diffusion seed 0, classifier seeds 0-2) and tabulates them.
 
 Runs whose eval.jsonl exists are skipped, an interrupted one resumes; the table is rewritten
-from what LOG_ROOT holds (scripts/table_seeds.py). The wall time of the whole script is printed.
+from what LOG_ROOT holds (scripts/table_seeds.py; `--table_only` does only that, for the rows of
+--rows, each with the runs it has so far). The wall time of the whole script is printed.
 """
 import argparse
 import json
@@ -61,6 +63,12 @@ CANDIDATES = {
     'sde20_clip': ['--sampler=dpm++2m-sde', '--sample_steps=20', '--clip_denoised'],
     'sde20': ['--sampler=dpm++2m-sde', '--sample_steps=20', '--noclip_denoised'],
 }
+CANDIDATE_LABELS = {
+    'ddim50_eta1': 'stochastic DDIM 50, unclipped',
+    'ddim50_eta1_clip': 'stochastic DDIM 50, x0 clipped',
+    'sde20_clip': 'DPM-Solver++(2M) SDE 20, x0 clipped',
+    'sde20': 'DPM-Solver++(2M) SDE 20, unclipped',
+}
 ROW_LABELS = {
     'ce': 'real images alone (988), cross-entropy',
     'ldam': 'real images alone, LDAM-DRW',
@@ -77,6 +85,8 @@ ROW_LABELS = {
     'cas_cbdm': 'CAS: CBDM images alone (200 per class)',
     'cas_translate05': 'CAS: translations (strength 0.5) alone (200 per class)',
 }
+LABELS = {**ROW_LABELS, **{f'choice_{kind}_{name}': f'+ {kind.upper()} images (3,012), {text}'
+                           for kind in ('ddpm', 'cbdm') for name, text in CANDIDATE_LABELS.items()}}
 
 
 def model_dir(log_root, kind, d):
@@ -208,13 +218,15 @@ def run_phases(args, specs, rows, seeds, d_seeds):
                           tasks(args, specs, rows, phase, seeds, d_seeds)))
 
 
-def write_table(args, rows, labels):
+def write_table(args, rows):
+    """The table of every group of runs LOG_ROOT/tdfa holds: ROWS first, in that order, then
+    the others (e.g. the sampler_choice rows), each with its label."""
     seed_suffix = r'(_d[0-9]+)?_s[0-9]+(/feature_aug)?$'
     cmd = [sys.executable, os.path.join('scripts', 'table_seeds.py'),
            os.path.join(args.log_root, 'tdfa'), '--seed_suffix', seed_suffix,
            '--order', *rows, '--out', args.out]
-    for row in rows:
-        cmd += ['--label', f'{row}={labels.get(row, row)}']
+    for row, label in LABELS.items():
+        cmd += ['--label', f'{row}={label}']
     say('+ ' + ' '.join(cmd))
     if not args.dry_run:
         subprocess.run(cmd, cwd=ROOT, check=True)
@@ -236,13 +248,15 @@ def main(argv=None):
     ap.add_argument('--train_extra', default='', help='flags appended to every diffusion '
                     'training run')
     ap.add_argument('--dry-run', dest='dry_run', action='store_true')
+    ap.add_argument('--table_only', action='store_true',
+                    help='only rewrite the table from the runs LOG_ROOT holds')
     args = ap.parse_args(argv)
     args.log_root = os.path.abspath(args.log_root)
     start = time.time()
     seeds = [int(s) for s in args.seeds.split(',')]
     d_seeds = [int(d) for d in args.diffusion_seeds.split(',')]
-    needs_models = args.experiment == 'sampler_choice' or any(
-        row_specs(args).get(r, ('real',))[0] in ('set', 'on_set') for r in args.rows.split(','))
+    needs_models = not args.table_only and (args.experiment == 'sampler_choice' or any(
+        row_specs(args).get(r, ('real',))[0] in ('set', 'on_set') for r in args.rows.split(',')))
     models = [(k, d) for k in ('ddpm', 'cbdm') for d in
               (d_seeds if args.experiment == 'table' else [0])] if needs_models else []
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -253,8 +267,9 @@ def main(argv=None):
             f'--synthetic_logdir={model_dir(args.log_root, k, d)}', f'--ckpt_step={FINAL_STEP}',
             *GEN, *CANDIDATES[n]]) for name in args.candidates.split(',')
             for kind in ('ddpm', 'cbdm')}
-        run_phases(args, specs, list(specs), seeds, [0])
-        write_table(args, list(specs), {})
+        if not args.table_only:
+            run_phases(args, specs, list(specs), seeds, [0])
+        write_table(args, list(specs))
     else:
         args.out = args.out or os.path.join('docs', 'tdfa_mnistlt.md')
         rows = args.rows.split(',')
@@ -262,8 +277,9 @@ def main(argv=None):
         unknown = [r for r in rows if r not in specs]
         if unknown:
             raise SystemExit(f'error: --rows: unknown {unknown}; choose from {list(specs)}')
-        run_phases(args, specs, rows, seeds, d_seeds)
-        write_table(args, rows, ROW_LABELS)
+        if not args.table_only:
+            run_phases(args, specs, rows, seeds, d_seeds)
+        write_table(args, rows)
     print(f'done in {time.time() - start:.0f} s; table {args.out}')
 
 

@@ -626,3 +626,15 @@ def test_mnistlt_tdfa_tiny_real_rows_and_feature_rows(tmp_path):
     record = json.loads((tmp_path / 'tdfa' / 'resample_s1' / 'eval.jsonl').read_text())
     assert record['resample'] is True and record['epochs'] == 1 and record['seed'] == 1
     assert 'done in' in p.stdout
+    # --table_only: the table of the runs there are, in the order asked, nothing run
+    before = sorted(os.listdir(tmp_path / 'tdfa'))
+    p = _tdfa('--log_root', tmp_path, '--rows', 'resample,ce,cbdm', '--table_only',
+              '--out', tmp_path / 'only.md')
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / 'tdfa')) == before and '+ ' + sys.executable + ' main.py' \
+        not in p.stdout
+    lines = (tmp_path / 'only.md').read_text().splitlines()
+    assert [line.split(' | ')[0].lstrip('| ') for line in lines[2:]] == [
+        'real images, class-balanced re-sampling (the control)',
+        'real images alone (988), cross-entropy',
+        'feature-level, class-balanced (--cfg --cb --tau 1)']     # not asked: after, labelled
