@@ -1,0 +1,63 @@
+"""scripts/set_diversity.py on sets whose answers are known: real digits, noise, copies of the
+real tail images, a binarised set."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from helpers import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+import set_diversity as sd  # noqa: E402
+
+
+def save_set(folder, name, images, labels):
+    path = folder / f'{name}.npy'
+    np.save(path, images.astype(np.float32))
+    np.save(folder / f'{name}_labels.npy', labels.astype(np.int64))
+    return f'{name}={path}'
+
+
+def run(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'set_diversity.py'),
+                           *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def test_set_diversity_on_known_sets(tmp_path):
+    import dataset as D
+    real, real_y = sd.real_set(D.build_test_dataset('mnist', '', 16))
+    train, train_y = sd.real_set(D.build_dataset('mnistlt', '', 16))
+    rng = np.random.default_rng(0)
+    copies = np.repeat(train[train_y == 9][:1], 50, axis=0)            # one real tail image
+    specs = [save_set(tmp_path, 'real', real, real_y),
+             save_set(tmp_path, 'noise', rng.random(real.shape), real_y),
+             save_set(tmp_path, 'binary', (real > 0.5).astype(np.float32), real_y),
+             save_set(tmp_path, 'copies', np.concatenate([real, copies]),
+                      np.concatenate([real_y, np.full(50, 9)]))]
+    out_md = tmp_path / 'table.md'
+    p = run('--sets', *specs, '--judge_dir', tmp_path / 'judge', '--judge_epochs', '2',
+            '--out', out_md)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = {}
+    for line in out_md.read_text().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        rows[cells[0]] = dict(zip([k for k, _, _ in sd.COLUMNS], map(float, cells[1:])))
+    assert rows['real']['n'] == 1000 and rows['real']['acc'] > 0.8
+    assert abs(rows['real']['spread'] - 1) < 1e-6               # the reference itself
+    assert rows['noise']['acc'] < 0.3 and rows['noise']['unsure'] > rows['real']['unsure']
+    assert rows['binary']['saturated'] == 1.0 and rows['real']['saturated'] < 1.0
+    # 50 copies of one real tail image pull the tail's nearest-real distance towards 0
+    assert rows['copies']['tail_nn'] < rows['real']['tail_nn']
+    assert rows['real']['tail_nn'] > 1.0
+
+
+def test_set_diversity_refuses_a_set_without_labels(tmp_path):
+    np.save(tmp_path / 'a.npy', np.zeros((2, 3, 16, 16), np.float32))
+    p = run('--sets', f'a={tmp_path}/a.npy', '--judge_dir', tmp_path / 'judge')
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and 'a_labels.npy does not exist' in lines[0]
+    assert not (tmp_path / 'judge').exists()
+    p = run('--sets', 'nonpy', '--judge_dir', tmp_path / 'judge')
+    assert p.returncode == 2 and 'NAME=PATH.npy' in p.stderr
