@@ -149,6 +149,7 @@ def main(argv=None):
     text = table(rows)
     print(text, end='')
     if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         save_text(args.out, text)
         print(f'wrote {args.out}')
 

@@ -61,3 +61,26 @@ def test_set_diversity_refuses_a_set_without_labels(tmp_path):
     assert not (tmp_path / 'judge').exists()
     p = run('--sets', 'nonpy', '--judge_dir', tmp_path / 'judge')
     assert p.returncode == 2 and 'NAME=PATH.npy' in p.stderr
+
+
+def test_readme_command_as_written(tmp_path):
+    """The README's set_diversity.py block as written (run from the README's folder, on small
+    sets placed at the paths it names), with the judge's folder and epochs appended."""
+    import re
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    block = re.search(r'```\n(S=logs/tdfa\npython scripts/set_diversity.py [^\n]*)\n```',
+                      readme).group(1)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 6)
+    for path in re.findall(r'=\$S/(\S+\.npy)', block):
+        folder = tmp_path / 'logs' / 'tdfa' / os.path.dirname(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_set(folder, os.path.basename(path)[:-4], rng.random((60, 3, 16, 16)), labels)
+    script = block.replace('python scripts/', f'{sys.executable} {ROOT}/scripts/')
+    p = subprocess.run(['bash', '-c', f'{script} --judge_dir {tmp_path}/judge --judge_epochs 1'],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = (tmp_path / 'docs' / 'set_diversity_mnistlt.md').read_text().splitlines()
+    assert [line.split(' | ')[0].lstrip('| ') for line in lines[2:]] == [
+        'DDPM_unclipped', 'DDPM_clipped', 'CBDM_unclipped', 'CBDM_clipped']
