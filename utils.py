@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -16,6 +17,16 @@ import torch
 
 class UserError(Exception):
     """Bad input from the user: `main.py` prints the message on one line and exits non-zero."""
+
+
+def run_script(main):
+    """Run a script's `main()`; a UserError becomes one line 'error: ...' on stderr and exit
+    status 2, as main.py does."""
+    try:
+        main()
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
 
 
 def get_device():

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 import proxy_eval  # noqa: E402
 import sampler_table  # noqa: E402
 from score.metrics import frechet_distance_feats  # noqa: E402
-from utils import UserError, atomic_write, save_npz, save_text  # noqa: E402
+from utils import UserError, atomic_write, run_script, save_npz, save_text  # noqa: E402
 
 NUM_CLASS = 10
 
@@ -161,8 +161,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -37,7 +37,7 @@ if ROOT not in sys.path:
 
 from dataset import build_dataset, build_reference_dataset  # noqa: E402
 from score.metrics import improved_precision_recall  # noqa: E402
-from utils import UserError, save_text, save_torch  # noqa: E402
+from utils import UserError, run_script, save_text, save_torch  # noqa: E402
 
 ARCH = 'proxy-cnn-v1-e20'
 NUM_CLASS = 10
@@ -271,8 +271,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

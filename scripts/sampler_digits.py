@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 
 import proxy_eval  # noqa: E402
 from score.metrics import frechet_distance_feats  # noqa: E402
-from utils import UserError, save_text  # noqa: E402
+from utils import UserError, run_script, save_text  # noqa: E402
 
 
 def draw(logdir, ckpt_step, sampler, steps, eta, per_class, omega, batch_size, reuse):
@@ -188,8 +188,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -36,7 +36,6 @@ where it stopped.
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -50,7 +49,7 @@ sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 
 import proxy_eval  # noqa: E402
 from score.metrics import frechet_distance_feats  # noqa: E402
-from utils import UserError, save_npz, save_text, save_torch  # noqa: E402
+from utils import UserError, run_script, save_npz, save_text, save_torch  # noqa: E402
 
 SAMPLERS = {  # name -> (sampler flag, eta)
     'ddim': ('ddim', 0.0), 'ddim-eta1': ('ddim', 1.0), 'dpm++2m': ('dpm++2m', 0.0),
@@ -327,8 +326,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

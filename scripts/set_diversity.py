@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 
 import proxy_eval  # noqa: E402
 import sampler_table  # noqa: E402
-from utils import UserError, save_text  # noqa: E402
+from utils import UserError, run_script, save_text  # noqa: E402
 
 NUM_CLASS = 10
 
@@ -155,8 +155,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    run_script(main)
