@@ -8,7 +8,7 @@
 #   cas_ddpm, cas_cbdm
 #                  Classification Accuracy Score: 148 generated images per class alone
 # Generated images: cfg, omega OMEGA, --classify's default sampler for generated sets (SAMPLER
-# auto: samplers.RECOMMENDED, unclipped) or SAMPLER with SAMPLE_STEPS, noise seeded by the seed.
+# auto: samplers.RECOMMENDED_SYNTHETIC) or SAMPLER with SAMPLE_STEPS, noise seeded by the seed.
 #
 # usage: scripts/digitslt_classify.sh [--dry-run] [LOG_ROOT]
 #   LOG_ROOT (default ./logs) gets digits_ddpm, digits_cbdm and digitslt_cls_<row>_s<seed>.

@@ -12,7 +12,7 @@
 # DATASET (cifar10 or cifar100). Environment (besides scripts/common.sh's): CLS_ROWS (the rows
 # to run, default all seven), CLS_EPOCHS (200), SYN_FILL (head, or N per class), CAS_FILL
 # (head), SYN_WEIGHT (1.0), SAMPLER (auto: --classify's default for generated sets,
-# samplers.RECOMMENDED unclipped; or a sampler name with SAMPLE_STEPS, e.g. ddpm), SAMPLE_STEPS
+# samplers.RECOMMENDED_SYNTHETIC; or a sampler name with SAMPLE_STEPS, e.g. ddpm), SAMPLE_STEPS
 # (50, not with auto), SAMPLE_BATCH (512, the sampling batch). Each generator is sampled at its row's
 # evaluation checkpoint and omega (ddpm 200000 / 0.8, cbdm 300000 / 1.6, cbdm_augm 500000 /
 # 1.4, as scripts/rows/*.sh). Runs land in LOG_ROOT/${DATASET}lt_cls_<row>.
