@@ -18,6 +18,22 @@ def run_main(*args, timeout=300, env=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def fake_cifar10lt_with_stats(tmp):
+    """Fake CIFAR-10 on disk at tmp/data (12 training images per class, 1 test image), random
+    Inception weights under tmp/torch_home and their FID statistics of the training set at
+    tmp/stats/cifar10.train.npz: (the data flags of a cifar10lt run at imbalance 0.1 and 8x8,
+    12, 9, 7, 5, 4, 3, 2, 2, 1, 1 images per class; the environment that finds the weights)."""
+    from fakedata import write_cifar10, write_random_inception
+    write_cifar10(str(tmp / 'data'), per_class=12, test_per_class=1)
+    write_random_inception(tmp / 'torch_home')
+    env = {'TORCH_HOME': str(tmp / 'torch_home')}
+    data = ['--data_type=cifar10lt', '--imb_factor=0.1', f'--root={tmp}/data', '--img_size=8']
+    out = run_main('--make_stats', *data, f'--fid_cache={tmp}/stats/cifar10.train.npz',
+                   '--batch_size=60', env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return data, env
+
+
 def popen_main(*args):
     return subprocess.Popen([sys.executable, 'main.py', *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

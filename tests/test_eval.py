@@ -6,8 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fakedata import write_cifar10, write_random_inception
-from helpers import TINY, run_main
+from helpers import TINY, fake_cifar10lt_with_stats, run_main
 from train import grid_labels
 
 # fake CIFAR-10 with 12 images per class; long-tailed at 0.1: 12, 9, 7, 5, 4, 3, 2, 2, 1, 1
@@ -17,13 +16,7 @@ GROUPS = ['--many_shot=5', '--few_shot=2']  # head: 3 classes, medium: 5, tail: 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('eval')
-    write_cifar10(str(tmp / 'data'), per_class=12, test_per_class=1)
-    write_random_inception(tmp / 'torch_home')
-    env = {'TORCH_HOME': str(tmp / 'torch_home')}
-    data = ['--data_type=cifar10lt', '--imb_factor=0.1', f'--root={tmp}/data', '--img_size=8']
-    out = run_main('--make_stats', *data, f'--fid_cache={tmp}/stats/cifar10.train.npz',
-                   '--batch_size=60', env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    data, env = fake_cifar10lt_with_stats(tmp)
     logdir = tmp / 'run'
     out = run_main('--train', *TINY, *data, '--conditional', '--cb', '--total_steps=3',
                    '--save_step=2', '--sample_step=0', f'--logdir={logdir}', env=env)

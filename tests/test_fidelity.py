@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from checkpoint import list_checkpoints, load_checkpoint
-from fakedata import write_cifar10, write_random_inception
-from helpers import TINY, run_main
+from helpers import TINY, fake_cifar10lt_with_stats, run_main
 from utils import UserError
 
 WARNING = 'warning: ignoring flags of the public CBDM code'
@@ -102,13 +101,7 @@ def public_run(tmp_path_factory):
     """A run folder as the public code leaves it: its flagfile.txt (every public flag, in
     absl's serialisation) beside a tiny checkpoint of ours; fake CIFAR-10 and FID statistics."""
     tmp = tmp_path_factory.mktemp('public')
-    write_cifar10(str(tmp / 'data'), per_class=12, test_per_class=1)
-    write_random_inception(tmp / 'torch_home')
-    env = {'TORCH_HOME': str(tmp / 'torch_home')}
-    data = ['--data_type=cifar10lt', '--imb_factor=0.1', f'--root={tmp}/data', '--img_size=8']
-    out = run_main('--make_stats', *data, f'--fid_cache={tmp}/stats/cifar10.train.npz',
-                   '--batch_size=60', env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    data, env = fake_cifar10lt_with_stats(tmp)
     logdir = tmp / 'cifar10lt_ddpm'
     model = ['--ch=32', '--ch_mult=1', '--attn=0', '--num_res_blocks=1', '--dropout=0.0',
              '--T=50']

@@ -13,8 +13,7 @@ from PIL import Image
 from diffusion import GaussianDiffusionSampler, linear_betas
 from evaluation import generate
 from factory import build_sampler
-from fakedata import write_cifar10, write_random_inception
-from helpers import TINY, run_main
+from helpers import TINY, fake_cifar10lt_with_stats, run_main
 from model import UNet
 from oracle import GaussianOracle
 from samplers import (RECOMMENDED, RECOMMENDED_SYNTHETIC, USE_DEFAULTS, ImageNoise,
@@ -367,13 +366,7 @@ def cli_run(tmp_path_factory):
     """FID statistics of fake CIFAR-10 (random Inception weights) and a 2-step conditional run
     whose training grid is drawn at its last step (1), the checkpoint of that step saved."""
     tmp = tmp_path_factory.mktemp('clip')
-    write_cifar10(str(tmp / 'data'), per_class=12, test_per_class=1)
-    write_random_inception(tmp / 'torch_home')
-    env = {'TORCH_HOME': str(tmp / 'torch_home')}
-    data = ['--data_type=cifar10lt', '--imb_factor=0.1', f'--root={tmp}/data', '--img_size=8']
-    out = run_main('--make_stats', *data, f'--fid_cache={tmp}/stats/cifar10.train.npz',
-                   '--batch_size=60', env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    data, env = fake_cifar10lt_with_stats(tmp)
     logdir = tmp / 'run'
     out = run_main('--train', *TINY, *data, '--conditional', '--cfg', '--total_steps=2',
                    '--save_step=0', '--sample_step=1', '--omega=1.0', f'--logdir={logdir}',
