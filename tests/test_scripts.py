@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -638,3 +639,25 @@ def test_mnistlt_tdfa_tiny_real_rows_and_feature_rows(tmp_path):
         'real images, class-balanced re-sampling (the control)',
         'real images alone (988), cross-entropy',
         'feature-level, class-balanced (--cfg --cb --tau 1)']     # not asked: after, labelled
+
+
+def test_readme_digits_classify_table_command(tmp_path):
+    """The README's table_seeds.py command for the digits recognition table, as written, on
+    run folders named as scripts/digitslt_classify.sh names them."""
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    line = re.search(r'\n(python scripts/table_seeds.py logs/digitslt [^\n]*)\n', readme).group(1)
+    rows = ['ce', 'ddpm', 'cbdm', 'cas_ddpm', 'cas_cbdm']
+    for i, row in enumerate(reversed(rows)):
+        for seed in range(3):
+            write_jsonl(tmp_path / 'logs' / 'digitslt' / f'digitslt_cls_{row}_s{seed}' /
+                        'eval.jsonl', [{'kind': 'classify', 'top1': 0.5 + 0.1 * i + 0.01 * seed,
+                                        'top1_many': 1.0, 'top1_medium': 0.9, 'top1_few': 0.8}])
+    args = shlex.split(line)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, args[1]), *args[2:]], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = (tmp_path / 'docs' / 'digitslt_classify.md').read_text().splitlines()
+    assert lines[0].startswith('| training set | seeds | top-1 |')
+    assert [r.split(' | ')[0].lstrip('| ') for r in lines[2:]] == [
+        f'digitslt_cls_{row}' for row in rows]
+    assert lines[2].split(' | ')[1:3] == ['3', '91.0 ± 1.0']      # ce: 0.9 + 0.01 * seed
