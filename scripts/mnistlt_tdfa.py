@@ -31,7 +31,9 @@ Rows (table):
                     feature-level: the ce classifier's last layer re-trained on real + drawn
                     penultimate features, diffusion --cfg --nocb / --cfg --cb --tau 1 (the
                     feature model's seed is the classifier seed)
-  best_ldam         the --best row's images with LDAM-DRW
+  best_ldam         the --best row's images with LDAM-DRW (margins and DRW weights from the
+                    real counts)
+  best_ldam_all     the same with --cls_counts_with_synthetic (from real + generated counts)
   cas_ddpm, cas_cbdm, cas_translate05
                     CAS: 200 generated (translated) images per class alone
 Each row is mean ± std over its runs (3 classifier seeds x 2 diffusion seeds where a diffusion
@@ -81,6 +83,7 @@ ROW_LABELS = {
     'feat_ddpm': 'feature-level, DDPM-style (--cfg --nocb)',
     'feat_cb': 'feature-level, class-balanced (--cfg --cb --tau 1)',
     'best_ldam': 'the best row, with LDAM-DRW',
+    'best_ldam_all': 'the best row, with LDAM-DRW on real + generated counts',
     'cas_ddpm': 'CAS: DDPM images alone (200 per class)',
     'cas_cbdm': 'CAS: CBDM images alone (200 per class)',
     'cas_translate05': 'CAS: translations (strength 0.5) alone (200 per class)',
@@ -172,6 +175,8 @@ def row_specs(args):
         'feat_ddpm': ('feature', ['--cfg', '--nocb']),
         'feat_cb': ('feature', ['--cfg', '--cb', '--tau=1.0']),
         'best_ldam': ('on_set', (args.best, ['--cls_loss=ldam_drw'])),
+        'best_ldam_all': ('on_set', (args.best, ['--cls_loss=ldam_drw',
+                                                 '--cls_counts_with_synthetic'])),
         'cas_ddpm': ('set', lambda d: [*model('ddpm', d), *cas]),
         'cas_cbdm': ('set', lambda d: [*model('cbdm', d), *cas]),
         'cas_translate05': ('set', lambda d: [*translated('0.5')(d), *cas]),

@@ -605,6 +605,9 @@ def test_mnistlt_tdfa_dry_run_passes_sets_and_classifiers(tmp_path):
     assert '--translate_strength=0.8' in runs['translate08_d0_s0']
     assert '--cls_loss=ldam_drw' in runs['best_ldam_d0_s0']
     assert '--synthetic=SET_OF_cbdm_d0_s0' in runs['best_ldam_d0_s0']
+    assert '--cls_counts_with_synthetic' not in runs['best_ldam_d0_s0']
+    assert {'--cls_loss=ldam_drw', '--cls_counts_with_synthetic',
+            '--synthetic=SET_OF_cbdm_d0_s0'} <= set(runs['best_ldam_all_d0_s1'])
     # real-data rows alone need no diffusion model
     p = _tdfa('--dry-run', '--log_root', tmp_path, '--rows', 'ce,resample')
     assert p.returncode == 0 and '--train' not in p.stdout
