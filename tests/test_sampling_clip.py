@@ -191,16 +191,19 @@ def test_sample_grid_does_not_depend_on_the_batch_size(tiny_unet, tmp_path):
 
 # --- settings, per use and auto ---------------------------------------------------------------
 def test_use_defaults_and_auto_resolve_in_one_place():
-    # the provisional per-use table: the paper's DDPM for --eval, clipped DDPM for grids and
-    # --sample, the recommended setting for --classify's generated sets
-    expect = {'eval': ('ddpm', False), 'grid': ('ddpm', True), 'sample': ('ddpm', True)}
-    for use, (sampler, clip) in expect.items():
-        s = resolve(None, 20, 'auto', 0.0, None, use, T=1000)
-        assert (s.sampler, s.clip_denoised, s.auto, s.use) == (sampler, clip, False, use)
-        assert USE_DEFAULTS[use] == {'sampler': sampler, 'clip_denoised': clip}
+    # the per-use table: the paper's DDPM for --eval, the recommended settings elsewhere
+    s = resolve(None, 20, 'auto', 0.0, None, 'eval', T=1000)
+    assert (s.sampler, s.clip_denoised, s.auto, s.use) == ('ddpm', False, False, 'eval')
+    assert USE_DEFAULTS['eval'] == {'sampler': 'ddpm', 'clip_denoised': False}
+    for use in ('grid', 'sample'):
+        assert USE_DEFAULTS[use] == {'sampler': 'auto', 'clip_denoised': True}
+    # chosen by the learned-model tables: DPM-Solver++(2M) SDE, 20 lu steps, clipped
+    assert RECOMMENDED == {'sampler': 'dpm++2m-sde', 'sample_steps': 20, 'spacing': 'lu',
+                           'eta': 0.0, 'clip_denoised': True}
     keys = ('sampler', 'sample_steps', 'spacing', 'eta', 'clip_denoised')
     for sampler, use in ((None, 'synthetic'), ('auto', 'synthetic'), ('auto', 'eval'),
-                         ('auto', 'grid'), ('auto', 'sample')):
+                         ('auto', 'grid'), ('auto', 'sample'), (None, 'grid'),
+                         (None, 'sample')):
         s = resolve(sampler, 7, 'uniform', 0.3, None, use, T=1000)  # flags ignored under auto
         # generated training sets: RECOMMENDED_SYNTHETIC (the recognition outcome), the other
         # uses RECOMMENDED (the quality table)
@@ -254,8 +257,10 @@ def test_build_sampler_says_what_auto_resolved_to(capsys):
     got = gds.settings('cond')
     assert (got['sampler'], got['spacing'], got['clip_denoised']) == (
         s.sampler, s.spacing, s.clip_denoised)
+    build_sampler(cfg_namespace(), torch.nn.Identity(), 3, 'eval')
+    assert capsys.readouterr().out == ''  # only auto (given or a use's default) announces itself
     build_sampler(cfg_namespace(), torch.nn.Identity(), 3, 'grid')
-    assert capsys.readouterr().out == ''  # only auto announces itself
+    assert capsys.readouterr().out.startswith('--sampler auto (grid): dpm++2m-sde')
     assert build_sampler(cfg_namespace(), torch.nn.Identity(), 3, 'grid').clip_denoised
     assert not build_sampler(cfg_namespace(), torch.nn.Identity(), 3, 'eval').clip_denoised
 
@@ -390,21 +395,24 @@ def test_use_defaults_through_main(cli_run):
     logdir, env, eval_args = cli_run
     base = [f'--flagfile={logdir}/flagfile.txt', '--notrain', '--ckpt_step=1']
     stem = logdir / 'sample_cfg_1.0_STEP1'
-    # --sample (default: DDPM, clipped) redraws the training grid (default: the same) exactly:
-    # same noise, labels and weights
+    # --sample (default: RECOMMENDED, clipped) redraws the training grid (default: the same)
+    # exactly: same noise, labels and weights
     out = run_main(*base, '--sample', env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     settings = json.loads((logdir / 'sample_cfg_1.0_STEP1_sampler.json').read_text())
     assert (settings['sampler'], settings['clip_denoised'], settings['sampler_flag']) == (
-        'ddpm', True, None)
-    assert settings['sample_steps'] == 50 and settings['nfe_per_image'] == 100  # T 50, guided
+        RECOMMENDED['sampler'], True, None)
+    assert settings['sample_steps'] == RECOMMENDED['sample_steps']
+    assert settings['nfe_per_image'] == 2 * RECOMMENDED['sample_steps']      # guided
     grid = png(logdir / 'sample' / '1.png')
     assert np.array_equal(png(f'{stem}.png'), grid)
     # the barely trained model predicts x0 far outside [-1, 1]: unclipped, the same noise draws
     # another grid, so the training grid was drawn clipped
     out = run_main(*base, '--sample', '--noclip_denoised', env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert not np.array_equal(png(f'{stem}_ddpm.png'), grid)   # named after what differs
+    unclipped = resolve(None, 50, 'auto', 0.0, False, 'sample', T=50).tag()
+    assert unclipped == 'dpm++2m-sde20lu'
+    assert not np.array_equal(png(f'{stem}_{unclipped}.png'), grid)   # named after what differs
     # --eval (default: the paper's DDPM over all T steps, unclipped), in eval.jsonl and beside
     # the samples
     out = run_main(*base, '--eval', *eval_args, '--sample_name=defaults', env=env)
