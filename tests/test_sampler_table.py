@@ -50,3 +50,33 @@ def test_ddpm_rows_are_shown_first_reference_on_top():
     rows = [(('ddim', 10, False), 'a'), (('ddpm', 1000, True), 'c'), (('ddim', 10, True), 'b'),
             (('ddpm', 1000, False), 'r')]
     assert [s for _, s in st.ordered(rows)] == ['r', 'c', 'a', 'b']
+
+
+def test_readme_digits_command_as_written(tmp_path):
+    """The README's sampler_table.py command on the digits demo run, as written (from the
+    README's folder), on a 2-step demo run with T 10; fewer images, seeds, steps and samplers
+    appended."""
+    import re
+    import shlex
+    import subprocess
+    from helpers import run_main
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    line = re.search(r'\n(python scripts/sampler_table.py --logdir logs/demo_digitslt_cbdm '
+                     r'[^\n]*)\n', readme).group(1)
+    logdir = tmp_path / 'logs' / 'demo_digitslt_cbdm'
+    out = run_main('--train', '--flagfile', 'config/demo.txt', '--T=10', '--total_steps=2',
+                   '--save_step=1', '--sample_step=0', f'--logdir={logdir}')
+    assert out.returncode == 0, out.stderr[-3000:]
+    args = shlex.split(line)
+    cmd = [sys.executable, os.path.join(ROOT, args[1]), *args[2:], '--ckpt_step', '1',
+           '--per_class', '2', '--seeds', '0,1', '--steps', '2', '--samplers', 'dpm++2m-sde']
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = (tmp_path / 'docs' / 'sampler_digits_demo.md').read_text()
+    rows = [r for r in text.split('Class acc per class')[0].splitlines() if r.startswith('| ')]
+    assert rows[1].startswith('| ddpm | 10 | off | 20 | 2 |') and rows[1].endswith('reference |')
+    assert rows[2].startswith('| ddpm | 10 | on | 20 | 1 |')        # --ddpm_clip_seeds 0
+    assert [r.split(' | ')[:3] for r in rows[3:]] == [['| dpm++2m-sde', '2', 'off'],
+                                                      ['| dpm++2m-sde', '2', 'on']]
+    assert (tmp_path / 'docs' / 'sampler_digits_demo.png').is_file()
