@@ -664,3 +664,26 @@ def test_readme_digits_classify_table_command(tmp_path):
     assert [r.split(' | ')[0].lstrip('| ') for r in lines[2:]] == [
         f'digitslt_cls_{row}' for row in rows]
     assert lines[2].split(' | ')[1:3] == ['3', '91.0 ± 1.0']      # ce: 0.9 + 0.01 * seed
+
+
+def test_readme_tdfa_commands_as_written(tmp_path):
+    """The README's mnistlt_tdfa.py commands as written, each planned with --dry-run and a
+    fresh --log_root appended (running them is hours; the tiny real run is above)."""
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    block = re.search(r'```\n(python scripts/mnistlt_tdfa.py --jobs 2\n.*?)```', readme,
+                      flags=re.S).group(1)
+    lines = block.strip().splitlines()
+    assert len(lines) == 4
+    planned = {}
+    for line in lines:
+        args = shlex.split(line)[2:]
+        p = _tdfa(*args, '--dry-run', '--log_root', tmp_path)
+        assert p.returncode == 0, (line, p.stderr[-2000:])
+        planned[line] = [c for c in p.stdout.splitlines() if c.startswith('+ ')]
+    assert os.listdir(tmp_path) == []                                   # nothing written
+    whole, choice, partial, table_only = (planned[line] for line in lines)
+    assert sum('--train' in c for c in whole) == 4                      # 2 models x 2 seeds
+    assert any('choice_cbdm_ddim50_eta1_clip_d0_s0' in c for c in choice)
+    assert any('translate05_d0_s2' in c for c in partial)
+    assert not any('_d1_' in c for c in partial)                        # diffusion seed 0
+    assert len(table_only) == 1 and 'table_seeds.py' in table_only[0]
