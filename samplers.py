@@ -173,6 +173,9 @@ def resolve(sampler, sample_steps, spacing, eta, clip_denoised, use, skip_type='
                                                              'spacing', 'eta'))
         if T is not None:
             sample_steps = min(sample_steps, T)
+            if T < 2 and name in SOLVER_SPACINGS:
+                # log-SNR and sigma grids need two distinct noise levels; say so in describe()
+                spacing = 'default'
         clip_default = rec['clip_denoised']
     else:
         clip_default = default['clip_denoised']
@@ -310,7 +313,12 @@ def set_timesteps(scheduler, steps, start_t=None):
         scheduler.num_inference_steps = len(timesteps)
     # step i uses sigmas[i]: never let a repeated first timestep pick a later index
     scheduler.set_begin_index(0)
-    return scheduler.timesteps.tolist()
+    out = scheduler.timesteps.tolist()
+    T = len(scheduler.alphas_cumprod)
+    if not all(0 <= t < T for t in out):   # lu at T = 1: a log-SNR range of zero width
+        raise ValueError(f'this spacing gives no valid timesteps at T = {T}; use --spacing '
+                         f'default')
+    return out
 
 
 def solve(scheduler, steps, predict_eps, x_T, y, omega, method, noise=None, start_t=None):

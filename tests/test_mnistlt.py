@@ -114,7 +114,8 @@ def test_sample_eval_and_classify(work):
         assert len(z['labels']) == 60
     run_as_written(tmp, command('python main.py --notrain --eval'), env)
     record = json.loads((folder / 'eval.jsonl').read_text().splitlines()[-1])
-    assert record['num_images'] == 60 and record['sampler'] == 'ddim'
+    from samplers import RECOMMENDED
+    assert record['num_images'] == 60 and record['sampler'] == RECOMMENDED['sampler']
     assert record['sampler_flag'] == 'auto' and record['clip_denoised'] is True
     assert np.isfinite(record['FID'])
 

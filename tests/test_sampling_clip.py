@@ -225,9 +225,16 @@ def test_use_defaults_and_auto_resolve_in_one_place():
     assert (s.sampler, s.sample_steps, s.spacing, s.eta, s.clip_denoised) == (
         'ddim', 7, 'uniform', 0.3, False)
     assert resolve('dpm++2m-sde', 7, 'auto', 0.0, None, 'sample').spacing == 'lu'
-    # auto never asks for more steps than the model has
+    # auto never asks for more steps than the model has, nor a spacing it cannot place
     assert resolve('auto', 7, 'auto', 0.0, None, 'eval', T=10).sample_steps == min(
         RECOMMENDED['sample_steps'], 10)
+    s = resolve(None, 7, 'auto', 0.0, None, 'grid', T=1)
+    assert (s.sampler, s.sample_steps, s.spacing) == (RECOMMENDED['sampler'], 1, 'default')
+    gds = make(torch.nn.Identity(), s.sampler, s.clip_denoised, T=1, steps=1, spacing=s.spacing)
+    assert gds.settings('cfg', 1.0)['nfe_per_image'] == 2
+    with pytest.raises(ValueError, match='--spacing default'):
+        from samplers import set_timesteps
+        set_timesteps(make_scheduler('dpm++2m-sde', torch.linspace(1e-4, 0.02, 1), 'lu'), 1)
     with pytest.raises(ValueError):
         resolve(None, 7, 'auto', 0.0, None, 'bogus')
     with pytest.raises(ValueError):
