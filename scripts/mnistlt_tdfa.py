@@ -245,7 +245,8 @@ def main(argv=None):
     ap.add_argument('--seeds', default='0,1,2')
     ap.add_argument('--diffusion_seeds', default='0,1')
     ap.add_argument('--rows', default=','.join(ROW_LABELS))
-    ap.add_argument('--best', default='cbdm', choices=['cbdm', 'ddpm', 'translate05'])
+    ap.add_argument('--best', default='cbdm',
+                    choices=['cbdm', 'ddpm', 'translate05', 'translate08'])
     ap.add_argument('--experiment', default='table', choices=['table', 'sampler_choice'])
     ap.add_argument('--candidates', default=','.join(CANDIDATES))
     ap.add_argument('--extra', default='', help='flags appended to every classifier run (e.g. '
