@@ -82,8 +82,8 @@ flags.DEFINE_enum('sample_method', 'cfg', ['cfg', 'cond', 'uncond'], help='sampl
 flags.DEFINE_float('omega', 0.0, help='classifier-free guidance strength')
 flags.DEFINE_enum('sampler', None, list(SAMPLERS) + ['auto'],
                   help='DDPM over all T steps, or DDIM / DPM-Solver++(2M) (ODE or SDE) / UniPC in '
-                       '--sample_steps; auto: the recommended fast setting (sampler, steps, spacing, '
-                       'eta, clipping: samplers.RECOMMENDED, for generated training sets '
+                       '--sample_steps; auto: the recommended fast setting (sampler, steps, '
+                       'spacing, eta, clipping: samplers.RECOMMENDED, for generated training sets '
                        'samplers.RECOMMENDED_SYNTHETIC); unset: the default of each use '
                        f'(samplers.USE_DEFAULTS: {use_defaults_text()}; synthetic = --classify\'s '
                        'generated sets)')
