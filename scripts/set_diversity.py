@@ -80,10 +80,11 @@ def set_stats(model, images, labels, ref, real_train, tail):
     """The columns of one set (see the module docstring)."""
     ref_feats, ref_y, ref_spread = ref
     x = torch.from_numpy(images) * 2 - 1
-    with torch.no_grad():
-        probs = torch.cat([torch.softmax(model.fc2(model.features(x[i:i + 512])), 1)
-                           for i in range(0, len(x), 512)]).numpy()
-    pred, feats = proxy_eval.predict(model, x)
+    model.eval()
+    with torch.no_grad():   # one pass: features, then the judge's softmax on them
+        feats_t = torch.cat([model.features(x[i:i + 512]) for i in range(0, len(x), 512)])
+        probs = torch.softmax(model.fc2(feats_t), 1).numpy()
+    pred, feats = probs.argmax(1).astype(np.int64), feats_t.numpy().astype(np.float32)
     in_tail = np.isin(labels, tail)
     precision, recall = proxy_eval.pr(ref_feats, feats)
     tail_recall = proxy_eval.pr(ref_feats[np.isin(ref_y, tail)], feats[in_tail])[1]
