@@ -319,6 +319,8 @@ CROSS_DOMAINS = [
      'unset: the default sampler of each use, ddpm: auto only): '
      + '; '.join(f'{k}: {", ".join(v)}' for k, v in SPACINGS.items()),
      lambda f: all(f['spacing'] in SPACINGS[s] for s in flag_samplers(f['sampler']))),
+    (('spacing', 'T'), '--spacing lu needs --T >= 2 (a grid uniform in log-SNR needs two noise '
+     'levels); use --spacing default at --T 1', lambda f: f['spacing'] != 'lu' or f['T'] >= 2),
     (('eta', 'sampler'), '--eta must be 0 for --sampler dpm++2m, dpm++2m-sde and unipc (the '
      'solvers; dpm++2m-sde draws its own noise)',
      lambda f: all(s in ETA_SAMPLERS or f['eta'] == 0 for s in flag_samplers(f['sampler']))),

@@ -322,6 +322,8 @@ CROSS = [
     (['--sampler=ddim', '--sample_steps=60'], '--sample_steps must be <= --T', '--sample_steps'),
     (['--sampler=ddim', '--sample_steps=10', '--spacing=karras'],
      '--spacing must be one that the sampler offers', '--spacing'),
+    (['--sampler=dpm++2m', '--sample_steps=1', '--spacing=lu', '--T=1'],
+     '--spacing lu needs --T >= 2', '--spacing'),
     (['--sampler=dpm++2m', '--sample_steps=10', '--eta=0.5'], '--eta must be 0', '--eta'),
     (['--few_shot=30', '--many_shot=10'], '--few_shot must be <= --many_shot', '--few_shot'),
     (['--cls_resample', '--synthetic_only'], '--cls_resample re-samples the real training images',
