@@ -37,7 +37,8 @@ Rows (table):
   cas_ddpm, cas_cbdm, cas_translate05
                     CAS: 200 generated (translated) images per class alone
 Each row is mean ± std over its runs (3 classifier seeds x 2 diffusion seeds where a diffusion
-model is used). `--experiment sampler_choice` instead trains + DDPM / + CBDM images drawn with
+model is used); its last column gives each diffusion model's mean top-1 / few-shot, the
+share of the spread that the model accounts for. `--experiment sampler_choice` instead trains + DDPM / + CBDM images drawn with
 each candidate sampler setting (diffusion seed 0, classifier seeds 0-2) and tabulates them.
 
 Runs whose eval.jsonl exists are skipped, an interrupted one resumes; the table is rewritten
@@ -229,7 +230,8 @@ def write_table(args, rows):
     seed_suffix = r'(_d[0-9]+)?_s[0-9]+(/feature_aug)?$'
     cmd = [sys.executable, os.path.join('scripts', 'table_seeds.py'),
            os.path.join(args.log_root, 'tdfa'), '--seed_suffix', seed_suffix,
-           '--order', *rows, '--out', args.out]
+           '--order', *rows, '--out', args.out, '--per', r'_(d[0-9]+)_s',
+           '--per_header', 'top-1 / few per diffusion seed']
     for row, label in LABELS.items():
         cmd += ['--label', f'{row}={label}']
     say('+ ' + ' '.join(cmd))

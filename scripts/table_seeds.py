@@ -12,7 +12,10 @@ regular expression, default `_s[0-9]+$`: mnistlt_cls_ce_s2 -> mnistlt_cls_ce), o
 runs and, with two or more, the sample standard deviation (n - 1) after ±, of the metric times
 --scale (100: percent); a run without the metric (an empty group: None) is left out of that
 cell, a cell without values is '-'. Rows follow --order (groups not named there come after, in
-sorted order); --label renames a group in the first column. Pure python (json, argparse, re,
+sorted order); --label renames a group in the first column. --per REGEX (one capture group,
+searched in each run name: `_(d[0-9]+)_s` for the diffusion seed) adds a last column with the
+means of --per_metrics for each captured value, so that a row pooled over two diffusion models
+also shows each model's share of the spread ("d0: 93.6 / 88.7; d1: 92.9 / 87.1"). Pure python (json, argparse, re,
 statistics); --out writes the table atomically (temporary file, then rename).
 """
 import argparse
@@ -55,20 +58,43 @@ def cell(stats, scale, digits):
     return text if std is None else f'{text} ± {std * scale:.{digits}f}'
 
 
+def per_cell(runs, per, per_metrics, scale, digits):
+    """'v1: m / m; v2: m / m': the mean of each of per_metrics over the runs whose name has
+    `per`'s capture v (in sorted order of v); '-' when no run name matches."""
+    parts = {}
+    for rec in runs:
+        found = re.search(per, rec['run'])
+        if found:
+            parts.setdefault(found.group(1), []).append(rec)
+    texts = []
+    for value in sorted(parts):
+        means = [mean_std([r.get(m) for r in parts[value]]) for m in per_metrics]
+        texts.append(f'{value}: ' + ' / '.join(
+            '-' if s is None else f'{s[0] * scale:.{digits}f}' for s in means))
+    return '; '.join(texts) or '-'
+
+
 def table(records, metrics, group_by=(), seed_suffix=r'_s[0-9]+$', order=(), labels=None,
-          scale=100.0, digits=1, first='runs'):
-    """The markdown table (a string) of `records` (dicts with 'run' and the metrics)."""
+          scale=100.0, digits=1, first='runs', per=None, per_metrics=(), per_header=None):
+    """The markdown table (a string) of `records` (dicts with 'run' and the metrics); with
+    `per` a last column of per_cell()s headed per_header."""
     groups = {}
     for rec in records:
         groups.setdefault(group_of(rec, group_by, seed_suffix), []).append(rec)
     names = [g for g in order if g in groups] + sorted(g for g in groups if g not in order)
     labels = labels or {}
     head = [first, 'seeds'] + [HEADERS.get(m, m) for m in metrics]
+    if per:
+        per_metrics = per_metrics or [metrics[0], metrics[-1]]
+        head.append(per_header or f'{" / ".join(HEADERS.get(m, m) for m in per_metrics)} by '
+                                  f'{per}')
     lines = ['| ' + ' | '.join(head) + ' |',
-             '|---|---:|' + '---:|' * len(metrics)]
+             '|---|---:|' + '---:|' * len(metrics) + ('---|' if per else '')]
     for name in names:
         runs = groups[name]
         cells = [cell(mean_std([r.get(m) for r in runs]), scale, digits) for m in metrics]
+        if per:
+            cells.append(per_cell(runs, per, per_metrics, scale, digits))
         lines.append('| ' + ' | '.join([labels.get(name, name), str(len(runs))] + cells) + ' |')
     return '\n'.join(lines) + '\n'
 
@@ -111,6 +137,11 @@ def main(argv=None):
     parser.add_argument('--order', nargs='+', default=[], help='groups in this row order')
     parser.add_argument('--label', action='append', default=[], metavar='GROUP=TEXT',
                         help='first-column text of a group (repeatable)')
+    parser.add_argument('--per', help='regular expression with one capture group: a last '
+                        'column with the means per captured value (e.g. `_(d[0-9]+)_s`)')
+    parser.add_argument('--per_metrics', nargs='+', default=[],
+                        help='metrics of the --per column (default: the first and last metric)')
+    parser.add_argument('--per_header', help='header of the --per column')
     parser.add_argument('--first', default='runs', help='header of the first column')
     parser.add_argument('--scale', type=float, default=100.0, help='factor of every value')
     parser.add_argument('--digits', type=int, default=1, help='decimals')
@@ -122,6 +153,8 @@ def main(argv=None):
     try:
         labels = parse_labels(args.label)
         re.compile(args.seed_suffix)
+        if args.per and re.compile(args.per).groups != 1:
+            raise ValueError(f'--per {args.per!r}: needs exactly one capture group')
     except (ValueError, re.error) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -132,7 +165,8 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     text = table(records, args.metrics, args.group_by, args.seed_suffix, args.order, labels,
-                 args.scale, args.digits, args.first)
+                 args.scale, args.digits, args.first, args.per, args.per_metrics,
+                 args.per_header)
     if args.out:
         write_atomic(args.out, text)
         print(f'wrote {args.out} ({len(records)} runs)')

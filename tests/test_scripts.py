@@ -579,6 +579,31 @@ def test_table_seeds_mean_and_std(tmp_path):
     assert p.returncode != 0 and 'no evaluations' in p.stderr
 
 
+def test_table_seeds_per_diffusion_seed_column(tmp_path):
+    """--per adds each diffusion model's means to a row pooled over both."""
+    for d, seeds in ((0, [(0.90, 0.80), (0.92, 0.84)]), (1, [(0.80, 0.60)])):
+        for s, (t, f) in enumerate(seeds):
+            write_jsonl(tmp_path / f'gen_d{d}_s{s}' / 'eval.jsonl',
+                        [{'kind': 'classify', 'top1': t, 'top1_few': f}])
+    write_jsonl(tmp_path / 'ce_s0' / 'eval.jsonl', [{'kind': 'classify', 'top1': 0.5,
+                                                     'top1_few': 0.1}])
+    script = os.path.join(SCRIPTS, 'table_seeds.py')
+    p = subprocess.run([sys.executable, script, str(tmp_path), '--seed_suffix',
+                        '(_d[0-9]+)?_s[0-9]+$', '--metrics', 'top1', 'top1_few', '--per',
+                        '_(d[0-9]+)_s', '--per_header', 'by model'],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == '| runs | seeds | top-1 | few | by model |'
+    assert lines[1] == '|---|---:|---:|---:|---|'
+    assert lines[2] == '| ce | 1 | 50.0 | 10.0 | - |'
+    assert lines[3] == ('| gen | 3 | 87.3 ± 6.4 | 74.7 ± 12.9 | d0: 91.0 / 82.0; '
+                        'd1: 80.0 / 60.0 |')
+    p = subprocess.run([sys.executable, script, str(tmp_path), '--per', '_d[0-9]+_s'],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and 'exactly one capture group' in p.stderr
+
+
 def _tdfa(*args, timeout=900):
     return subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'mnistlt_tdfa.py'),
                            *map(str, args)], cwd=ROOT, capture_output=True, text=True,
@@ -621,7 +646,9 @@ def test_mnistlt_tdfa_tiny_real_rows_and_feature_rows(tmp_path):
               '--extra', extra, '--out', out)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     lines = out.read_text().splitlines()
-    assert lines[0] == '| runs | seeds | top-1 | many | medium | few |'
+    assert lines[0] == ('| runs | seeds | top-1 | many | medium | few | top-1 / few per '
+                        'diffusion seed |')
+    assert all(line.endswith(' | - |') for line in lines[2:])   # no diffusion model in these
     labels = [line.split(' | ')[0].lstrip('| ') for line in lines[2:]]
     assert labels == ['real images alone (988), cross-entropy',
                       'real images, class-balanced re-sampling (the control)',
