@@ -3,7 +3,7 @@
 the sampler for generated training sets), resumable.
 
     python scripts/mnistlt_tdfa.py [--log_root logs] [--out docs/tdfa_mnistlt.md] [--jobs 2]
-        [--seeds 0,1,2] [--diffusion_seeds 0,1] [--rows ROW,...] [--best cbdm] [--dry-run]
+        [--seeds 0,1,2] [--diffusion_seeds 0,1] [--rows ROW,...] [--best translate08] [--dry-run]
         [--extra 'FLAGS for every classifier run'] [--train_extra 'FLAGS for diffusion runs']
         [--table_only]
     python scripts/mnistlt_tdfa.py --experiment sampler_choice [--candidates NAME,...]
@@ -32,7 +32,7 @@ Rows (table):
                     penultimate features, diffusion --cfg --nocb / --cfg --cb --tau 1 (the
                     feature model's seed is the classifier seed)
   best_ldam         the --best row's images with LDAM-DRW (margins and DRW weights from the
-                    real counts)
+                    real counts); runs best_ldam_BEST_d{d}_s{s}, one group per --best
   best_ldam_all     the same with --cls_counts_with_synthetic (from real + generated counts)
   cas_ddpm, cas_cbdm, cas_translate05
                     CAS: 200 generated (translated) images per class alone
@@ -83,14 +83,27 @@ ROW_LABELS = {
     'translate08': '+ CBDM translations of the many-shot classes, strength 0.8',
     'feat_ddpm': 'feature-level, DDPM-style (--cfg --nocb)',
     'feat_cb': 'feature-level, class-balanced (--cfg --cb --tau 1)',
-    'best_ldam': 'the best row, with LDAM-DRW',
-    'best_ldam_all': 'the best row, with LDAM-DRW on real + generated counts',
+    'best_ldam': 'the --best row, with LDAM-DRW',
+    'best_ldam_all': 'the --best row, with LDAM-DRW on real + generated counts',
     'cas_ddpm': 'CAS: DDPM images alone (200 per class)',
     'cas_cbdm': 'CAS: CBDM images alone (200 per class)',
     'cas_translate05': 'CAS: translations (strength 0.5) alone (200 per class)',
 }
-LABELS = {**ROW_LABELS, **{f'choice_{kind}_{name}': f'+ {kind.upper()} images (3,012), {text}'
-                           for kind in ('ddpm', 'cbdm') for name, text in CANDIDATE_LABELS.items()}}
+# the rows that combine LDAM-DRW with the images of the --best row: their runs are named
+# ROW_BEST_d{d}_s{s}, one group per choice of --best
+BEST_CHOICES = ('cbdm', 'ddpm', 'translate05', 'translate08')
+BEST_ROWS = {'best_ldam': 'with LDAM-DRW',
+             'best_ldam_all': 'with LDAM-DRW on real + generated counts'}
+LABELS = {**ROW_LABELS,
+          **{f'choice_{kind}_{name}': f'+ {kind.upper()} images (3,012), {text}'
+             for kind in ('ddpm', 'cbdm') for name, text in CANDIDATE_LABELS.items()},
+          **{f'{row}_{best}': f'{ROW_LABELS[best]}, {text}'
+             for row, text in BEST_ROWS.items() for best in BEST_CHOICES}}
+
+
+def group(args, row):
+    """The run-name stem of a row: the row itself, or ROW_BEST for the --best rows."""
+    return f'{row}_{args.best}' if row in BEST_ROWS else row
 
 
 def model_dir(log_root, kind, d):
@@ -212,8 +225,8 @@ def tasks(args, specs, rows, phase, seeds, d_seeds):
                         extra_s = [*extra, f'--filter_logdir={ce_dir.format(s)}']
                     else:
                         extra_s = extra
-                    out.append((f'{row}_d{d}_s{s}', [*keep, *extra_s, f'--synthetic={path}',
-                                                     f'--seed={s}'], False))
+                    out.append((f'{group(args, row)}_d{d}_s{s}',
+                                [*keep, *extra_s, f'--synthetic={path}', f'--seed={s}'], False))
     return out
 
 
@@ -228,9 +241,13 @@ def write_table(args, rows):
     """The table of every group of runs LOG_ROOT/tdfa holds: ROWS first, in that order, then
     the others (e.g. the sampler_choice rows), each with its label."""
     seed_suffix = r'(_d[0-9]+)?_s[0-9]+(/feature_aug)?$'
+    order = []
+    for row in rows:   # a --best row: the chosen images first, then the other choices run
+        order += [group(args, row)] + [f'{row}_{b}' for b in BEST_CHOICES if b != args.best] \
+            if row in BEST_ROWS else [row]
     cmd = [sys.executable, os.path.join('scripts', 'table_seeds.py'),
            os.path.join(args.log_root, 'tdfa'), '--seed_suffix', seed_suffix,
-           '--order', *rows, '--out', args.out, '--per', r'_(d[0-9]+)_s',
+           '--order', *order, '--out', args.out, '--per', r'_(d[0-9]+)_s',
            '--per_header', 'top-1 / few per diffusion seed']
     for row, label in LABELS.items():
         cmd += ['--label', f'{row}={label}']
@@ -247,8 +264,9 @@ def main(argv=None):
     ap.add_argument('--seeds', default='0,1,2')
     ap.add_argument('--diffusion_seeds', default='0,1')
     ap.add_argument('--rows', default=','.join(ROW_LABELS))
-    ap.add_argument('--best', default='cbdm',
-                    choices=['cbdm', 'ddpm', 'translate05', 'translate08'])
+    ap.add_argument('--best', default='translate08', choices=BEST_CHOICES,
+                    help='the images of the rows best_ldam and best_ldam_all (their runs are '
+                    'named best_ldam[_all]_BEST_d{d}_s{s}, so each choice keeps its own runs)')
     ap.add_argument('--experiment', default='table', choices=['table', 'sampler_choice'])
     ap.add_argument('--candidates', default=','.join(CANDIDATES))
     ap.add_argument('--extra', default='', help='flags appended to every classifier run (e.g. '

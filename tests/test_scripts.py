@@ -628,11 +628,18 @@ def test_mnistlt_tdfa_dry_run_passes_sets_and_classifiers(tmp_path):
     assert f'--feature_classifier_logdir={tmp_path}/tdfa/ce_s1' in runs['feat_cb_s1']
     assert '--cb' in runs['feat_cb_s1'] and '--nocb' in runs['feat_ddpm_s1']
     assert '--translate_strength=0.8' in runs['translate08_d0_s0']
-    assert '--cls_loss=ldam_drw' in runs['best_ldam_d0_s0']
-    assert '--synthetic=SET_OF_cbdm_d0_s0' in runs['best_ldam_d0_s0']
-    assert '--cls_counts_with_synthetic' not in runs['best_ldam_d0_s0']
+    # LDAM-DRW on the best row's images (--best, default the translations at 0.8)
+    assert '--cls_loss=ldam_drw' in runs['best_ldam_translate08_d0_s0']
+    assert '--synthetic=SET_OF_translate08_d0_s0' in runs['best_ldam_translate08_d0_s0']
+    assert '--cls_counts_with_synthetic' not in runs['best_ldam_translate08_d0_s0']
     assert {'--cls_loss=ldam_drw', '--cls_counts_with_synthetic',
-            '--synthetic=SET_OF_cbdm_d0_s0'} <= set(runs['best_ldam_all_d0_s1'])
+            '--synthetic=SET_OF_translate08_d0_s0'} <= set(runs['best_ldam_all_translate08_d0_s1'])
+    # another --best: runs of their own (those of the default, once done, are not taken)
+    p = _tdfa('--dry-run', '--log_root', tmp_path, '--seeds', '0', '--diffusion_seeds', '0',
+              '--rows', 'best_ldam', '--best', 'cbdm')
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert re.search(r'--synthetic=SET_OF_cbdm_d0_s0 --seed=0 --logdir=\S*/tdfa/'
+                     r'best_ldam_cbdm_d0_s0\n', p.stdout), p.stdout[-3000:]
     # real-data rows alone need no diffusion model
     p = _tdfa('--dry-run', '--log_root', tmp_path, '--rows', 'ce,resample')
     assert p.returncode == 0 and '--train' not in p.stdout
