@@ -43,11 +43,15 @@ each candidate sampler setting (diffusion seed 0, classifier seeds 0-2) and tabu
 
 Runs whose eval.jsonl exists are skipped, an interrupted one resumes; the table is rewritten
 from what LOG_ROOT holds (scripts/table_seeds.py; `--table_only` does only that, for the rows of
---rows, each with the runs it has so far). The wall time of the whole script is printed.
+--rows, each with the runs it has so far). The wall time of the script is printed, and the
+sum of the wall times of every run LOG_ROOT holds (each run's log ends with its own: the
+whole table's work on one thread, whether it was run in one go or in pieces).
 """
 import argparse
+import glob
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -59,6 +63,7 @@ CLS_FLAGFILE = os.path.join('config', 'classify_mnistlt.txt')
 GEN_FLAGFILE = os.path.join('config', 'mnistlt.txt')
 FINAL_STEP = 4999                      # config/mnistlt.txt trains 5,000 steps
 GEN = ['--omega=1.0', '--sample_method=cfg', '--batch_size=512']
+WALL_LINE = '[mnistlt_tdfa] wall {:.0f} s'   # appended to a run's log when the run ends
 # candidate settings of --experiment sampler_choice: name -> sampler flags
 CANDIDATES = {
     'ddim50_eta1': ['--sampler=ddim', '--sample_steps=50', '--eta=1.0', '--noclip_denoised'],
@@ -135,11 +140,28 @@ def run(args, flags, folder):
         return
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     with open(folder.rstrip('/') + '.log', 'a') as log:
+        start = time.time()
         done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               env=dict(os.environ, OMP_NUM_THREADS='1'))
+        log.write('\n' + WALL_LINE.format(time.time() - start) + '\n')
     if done.returncode != 0:
         raise SystemExit(f'error: {" ".join(cmd)} failed (exit {done.returncode}); see '
                          f'{folder}.log')
+
+
+def logged_wall(log_root):
+    """(seconds, logs with a record, logs without) over the run logs of LOG_ROOT/tdfa and the
+    diffusion models: the sum of every WALL_LINE (a resumed run has one per attempt), each
+    run on one thread; the work of the whole table."""
+    pattern = re.compile(re.escape(WALL_LINE).replace(r'\{:\.0f\}', '([0-9]+)'))
+    total, timed, untimed = 0, 0, 0
+    for path in glob.glob(os.path.join(log_root, 'tdfa', '*.log')) + \
+            glob.glob(os.path.join(log_root, 'mnistlt_*.log')):
+        with open(path, errors='replace') as f:
+            found = [int(x) for x in pattern.findall(f.read())]
+        total += sum(found)
+        timed, untimed = timed + bool(found), untimed + (not found)
+    return total, timed, untimed
 
 
 def record(folder, feature=False):
@@ -307,6 +329,9 @@ def main(argv=None):
             run_phases(args, specs, rows, seeds, d_seeds)
         write_table(args, rows)
     print(f'done in {time.time() - start:.0f} s; table {args.out}')
+    total, timed, untimed = logged_wall(args.log_root)
+    print(f'the runs {args.log_root} holds took {total / 3600:.1f} h on one thread each '
+          f'({timed} logs' + (f'; {untimed} without a wall-time line)' if untimed else ')'))
 
 
 if __name__ == '__main__':

@@ -664,6 +664,14 @@ def test_mnistlt_tdfa_tiny_real_rows_and_feature_rows(tmp_path):
     record = json.loads((tmp_path / 'tdfa' / 'resample_s1' / 'eval.jsonl').read_text())
     assert record['resample'] is True and record['epochs'] == 1 and record['seed'] == 1
     assert 'done in' in p.stdout
+    # each run's log ends with its wall time; the script sums them
+    walls = [int(re.findall(r'\[mnistlt_tdfa\] wall ([0-9]+) s',
+                            (tmp_path / 'tdfa' / f).read_text())[-1])
+             for f in os.listdir(tmp_path / 'tdfa') if f.endswith('.log')]
+    assert len(walls) == 6 and min(walls) > 0           # ce, resample, feat_cb x 2 seeds
+    total = re.search(r'holds took ([0-9.]+) h on one thread each \(([0-9]+) logs\)', p.stdout)
+    assert total and int(total.group(2)) == len(walls), p.stdout[-1000:]
+    assert float(total.group(1)) == round(sum(walls) / 3600, 1)
     # --table_only: the table of the runs there are, in the order asked, nothing run
     before = sorted(os.listdir(tmp_path / 'tdfa'))
     p = _tdfa('--log_root', tmp_path, '--rows', 'resample,ce,cbdm', '--table_only',
