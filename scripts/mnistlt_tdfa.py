@@ -41,7 +41,9 @@ model is used); its last column gives each diffusion model's mean top-1 / few-sh
 share of the spread that the model accounts for. `--experiment sampler_choice` instead trains + DDPM / + CBDM images drawn with
 each candidate sampler setting (diffusion seed 0, classifier seeds 0-2) and tabulates them.
 
-Runs whose eval.jsonl exists are skipped, an interrupted one resumes; the table is rewritten
+A row that reads another's runs brings that row along (best_ldam its --best row, whose seed-0
+run draws the set; cbdm_filter cbdm and ce; the feature rows ce). Runs whose eval.jsonl exists
+are skipped, an interrupted one resumes; the table is rewritten
 from what LOG_ROOT holds (scripts/table_seeds.py; `--table_only` does only that, for the rows of
 --rows, each with the runs it has so far). The wall time of the script is printed, and the
 sum of the wall times of every run LOG_ROOT holds (each run's log ends with its own: the
@@ -252,7 +254,24 @@ def tasks(args, specs, rows, phase, seeds, d_seeds):
     return out
 
 
+def with_prerequisites(specs, rows):
+    """ROWS and, after them, the rows they read: the base row of an 'on_set' row (its set is
+    drawn by the base's seed-0 run) and 'ce' for the filter and feature rows (its classifiers)."""
+    out = list(rows)
+    for row in rows:
+        kind, flags = specs[row]
+        needs = [flags[0]] if kind == 'on_set' else []
+        if kind == 'feature' or '--synthetic_filter' in (flags[1] if kind == 'on_set' else []):
+            needs.append('ce')
+        out += [n for n in needs if n not in out]
+    return out
+
+
 def run_phases(args, specs, rows, seeds, d_seeds):
+    rows_run = with_prerequisites(specs, rows)
+    if rows_run != rows:
+        say(f'also running {",".join(rows_run[len(rows):])} (read by --rows)')
+    rows = rows_run
     for phase in (1, 2, 3):
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda task: classify(args, task),

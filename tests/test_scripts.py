@@ -640,6 +640,13 @@ def test_mnistlt_tdfa_dry_run_passes_sets_and_classifiers(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert re.search(r'--synthetic=SET_OF_cbdm_d0_s0 --seed=0 --logdir=\S*/tdfa/'
                      r'best_ldam_cbdm_d0_s0\n', p.stdout), p.stdout[-3000:]
+    # a row that reads another row's set or classifiers runs that row too
+    p = _tdfa('--dry-run', '--log_root', tmp_path, '--seeds', '0', '--diffusion_seeds', '0',
+              '--rows', 'best_ldam,cbdm_filter')
+    assert p.returncode == 0 and 'also running translate08,cbdm,ce' in p.stdout, p.stdout[-2000:]
+    names = re.findall(r'--logdir=\S*/tdfa/(\S+)', p.stdout)
+    assert names == ['ce_s0', 'translate08_d0_s0', 'cbdm_d0_s0', 'best_ldam_translate08_d0_s0',
+                     'cbdm_filter_d0_s0']
     # real-data rows alone need no diffusion model
     p = _tdfa('--dry-run', '--log_root', tmp_path, '--rows', 'ce,resample')
     assert p.returncode == 0 and '--train' not in p.stdout
@@ -726,6 +733,6 @@ def test_readme_tdfa_commands_as_written(tmp_path):
     whole, choice, partial, table_only = (planned[line] for line in lines)
     assert sum('--train' in c for c in whole) == 4                      # 2 models x 2 seeds
     assert any('choice_cbdm_ddim50_eta1_clip_d0_s0' in c for c in choice)
-    assert any('translate05_d0_s2' in c for c in partial)
-    assert not any('_d1_' in c for c in partial)                        # diffusion seed 0
+    assert any('best_ldam_all_cbdm_d0_s2' in c for c in partial)       # --best cbdm
+    assert not any('_d1_' in c or 'translate08_d0_s' in c for c in partial)
     assert len(table_only) == 1 and 'table_seeds.py' in table_only[0]
