@@ -38,14 +38,15 @@ Rows (table):
                     CAS: 200 generated (translated) images per class alone
 Each row is mean ± std over its runs (3 classifier seeds x 2 diffusion seeds where a diffusion
 model is used); its last column gives each diffusion model's mean top-1 / few-shot, the
-share of the spread that the model accounts for. `--experiment sampler_choice` instead trains + DDPM / + CBDM images drawn with
-each candidate sampler setting (diffusion seed 0, classifier seeds 0-2) and tabulates them.
+share of the spread that the model accounts for. `--experiment sampler_choice` instead trains
++ DDPM / + CBDM images drawn with each candidate sampler setting (diffusion seed 0, classifier
+seeds 0-2) and tabulates them.
 
 A row that reads another's runs brings that row along (best_ldam its --best row, whose seed-0
 run draws the set; cbdm_filter cbdm and ce; the feature rows ce). Runs whose eval.jsonl exists
-are skipped, an interrupted one resumes; the table is rewritten
-from what LOG_ROOT holds (scripts/table_seeds.py; `--table_only` does only that, for the rows of
---rows, each with the runs it has so far). The wall time of the script is printed, and the
+are skipped, an interrupted one resumes; the table is rewritten from what LOG_ROOT holds
+(scripts/table_seeds.py; `--table_only` does only that, for the rows of --rows, each with the
+runs it has so far). The wall time of the script is printed, and the
 sum of the wall times of every run LOG_ROOT holds (each run's log ends with its own: the
 whole table's work on one thread, whether it was run in one go or in pieces).
 """
