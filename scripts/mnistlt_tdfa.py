@@ -3,9 +3,9 @@
 the sampler for generated training sets), resumable.
 
     python scripts/mnistlt_tdfa.py [--log_root logs] [--out docs/tdfa_mnistlt.md] [--jobs 2]
-        [--seeds 0,1,2] [--diffusion_seeds 0,1] [--rows ROW,...] [--best translate08] [--dry-run]
-        [--extra 'FLAGS for every classifier run'] [--train_extra 'FLAGS for diffusion runs']
-        [--table_only]
+        [--seeds 0,1,2] [--diffusion_seeds 0,1] [--rows ROW,...] [--best translate08]
+        [--dry-run] [--extra 'FLAGS for every classifier run']
+        [--train_extra 'FLAGS for diffusion runs'] [--table_only]
     python scripts/mnistlt_tdfa.py --experiment sampler_choice [--candidates NAME,...]
         [--out docs/synthetic_sampler_choice.md]
 
@@ -46,9 +46,9 @@ A row that reads another's runs brings that row along (best_ldam its --best row,
 run draws the set; cbdm_filter cbdm and ce; the feature rows ce). Runs whose eval.jsonl exists
 are skipped, an interrupted one resumes; the table is rewritten from what LOG_ROOT holds
 (scripts/table_seeds.py; `--table_only` does only that, for the rows of --rows, each with the
-runs it has so far). The wall time of the script is printed, and the
-sum of the wall times of every run LOG_ROOT holds (each run's log ends with its own: the
-whole table's work on one thread, whether it was run in one go or in pieces).
+runs it has so far). The wall time of the script is printed, and the sum of the wall times
+of every run LOG_ROOT holds (each run's log ends with its own: the whole table's work on one
+thread, whether it was run in one go or in pieces).
 """
 import argparse
 import glob

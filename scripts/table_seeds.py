@@ -16,7 +16,8 @@ sorted order); --label renames a group in the first column. --per REGEX (one cap
 searched in each run name: `_(d[0-9]+)_s` for the diffusion seed) adds a last column with the
 means of --per_metrics for each captured value, so that a row pooled over two diffusion models
 also shows each model's share of the spread ("d0: 93.6 / 88.7; d1: 92.9 / 87.1"). Pure
-python (json, argparse, re, statistics); --out writes the table atomically (temporary file, then rename).
+python (json, argparse, re, statistics); --out writes the table atomically (temporary file,
+then rename).
 """
 import argparse
 import fnmatch
