@@ -11,6 +11,13 @@ TINY = ['--data_type=digitslt', '--imb_factor=0.1', '--img_size=8', '--ch=32', '
         '--batch_size=16', '--num_workers=0', '--ema_decay=0.9', '--sample_size=20']
 
 
+def doc(name):
+    """The text of a documentation page, `name` relative to the repo root ('README.md',
+    'docs/tdfa.md'): tests that run a documented command as written read it where it lives."""
+    with open(os.path.join(ROOT, name), encoding='utf-8') as f:
+        return f.read()
+
+
 def run_main(*args, timeout=300, env=None):
     """Run `python main.py ARGS` from the repo root; returns the CompletedProcess."""
     full_env = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))

@@ -148,10 +148,12 @@ def test_generators_script(work):
 
 
 def test_sampler_table_script(work):
-    """The README's sampler_table.py command as written (run from the README's folder), with
+    """docs/samplers.md's sampler_table.py command as written (run from the README's folder), with
     fewer images, seeds, steps and judge epochs appended."""
+    from helpers import doc
     tmp, env = work
-    readme = re.search(r'\n(python scripts/sampler_table.py [^\n]*)\n', README).group(1)
+    readme = re.search(r'\n(python scripts/sampler_table.py [^\n]*)\n',
+                       doc('docs/samplers.md')).group(1)
     args = shlex.split(readme)
     overrides = ['--ckpt_step', '4', '--per_class', '3', '--seeds', '0,1', '--steps', '2',
                  '--judge_epochs', '1']

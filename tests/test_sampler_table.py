@@ -53,14 +53,14 @@ def test_ddpm_rows_are_shown_first_reference_on_top():
 
 
 def test_readme_digits_command_as_written(tmp_path):
-    """The README's sampler_table.py command on the digits demo run, as written (from the
+    """docs/samplers.md's sampler_table.py command on the digits demo run, as written (from the
     README's folder), on a 2-step demo run with T 10; fewer images, seeds, steps and samplers
     appended."""
     import re
     import shlex
     import subprocess
-    from helpers import run_main
-    readme = open(os.path.join(ROOT, 'README.md')).read()
+    from helpers import doc, run_main
+    readme = doc('docs/samplers.md')
     line = re.search(r'\n(python scripts/sampler_table.py --logdir logs/demo_digitslt_cbdm '
                      r'[^\n]*)\n', readme).group(1)
     logdir = tmp_path / 'logs' / 'demo_digitslt_cbdm'

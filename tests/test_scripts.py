@@ -694,9 +694,10 @@ def test_mnistlt_tdfa_tiny_real_rows_and_feature_rows(tmp_path):
 
 
 def test_readme_digits_classify_table_command(tmp_path):
-    """The README's table_seeds.py command for the digits recognition table, as written, on
-    run folders named as scripts/digitslt_classify.sh names them."""
-    readme = open(os.path.join(ROOT, 'README.md')).read()
+    """docs/results_digits.md's table_seeds.py command for the digits recognition table, as
+    written, on run folders named as scripts/digitslt_classify.sh names them."""
+    from helpers import doc
+    readme = doc('docs/results_digits.md')
     line = re.search(r'\n(python scripts/table_seeds.py logs/digitslt [^\n]*)\n', readme).group(1)
     rows = ['ce', 'ddpm', 'cbdm', 'cas_ddpm', 'cas_cbdm']
     for i, row in enumerate(reversed(rows)):
@@ -716,9 +717,10 @@ def test_readme_digits_classify_table_command(tmp_path):
 
 
 def test_readme_tdfa_commands_as_written(tmp_path):
-    """The README's mnistlt_tdfa.py commands as written, each planned with --dry-run and a
+    """docs/tdfa.md's mnistlt_tdfa.py commands as written, each planned with --dry-run and a
     fresh --log_root appended (running them is hours; the tiny real run is above)."""
-    readme = open(os.path.join(ROOT, 'README.md')).read()
+    from helpers import doc
+    readme = doc('docs/tdfa.md')
     block = re.search(r'```\n(python scripts/mnistlt_tdfa.py --jobs 2\n.*?)```', readme,
                       flags=re.S).group(1)
     lines = block.strip().splitlines()

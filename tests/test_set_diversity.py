@@ -64,10 +64,11 @@ def test_set_diversity_refuses_a_set_without_labels(tmp_path):
 
 
 def test_readme_command_as_written(tmp_path):
-    """The README's set_diversity.py block as written (run from the README's folder, on small
+    """docs/tdfa.md's set_diversity.py block as written (run from the README's folder, on small
     sets placed at the paths it names), with the judge's folder and epochs appended."""
     import re
-    readme = open(os.path.join(ROOT, 'README.md')).read()
+    from helpers import doc
+    readme = doc('docs/tdfa.md')
     block = re.search(r'```\n(S=logs/tdfa\npython scripts/set_diversity.py [^\n]*)\n```',
                       readme).group(1)
     rng = np.random.default_rng(0)
