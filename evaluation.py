@@ -146,7 +146,7 @@ def draw_labels(num_class, num_images, seed, first_index=0):
 
 
 def generate(sampler, num_images, batch_size, img_size, device, method, omega, seed, desc,
-             classes=None, first_index=0, starts=None, start_t=None):
+             classes=None, first_index=0, starts=None, start_t=None, stop=None):
     """num_images samples in batches: (float32 N x 3 x H x W in [0, 1], int64 labels or -1).
 
     The labels are `classes` (int64 [num_images]) when given, else drawn uniformly up front
@@ -156,7 +156,9 @@ def generate(sampler, num_images, batch_size, img_size, device, method, omega, s
     the batch size, the batch it falls in or the number of processes sharing the set.
     With `starts` (float N x 3 x H x W in [-1, 1]) and `start_t`, image i is SDEdit from
     starts[i]: noised to time index start_t by the draw that is otherwise x_T, then denoised
-    from there (the sampler's forward with start_t)."""
+    from there (the sampler's forward with start_t).
+    `stop` (a runfolder.StopRequest) is looked at before every batch: once it has received a
+    signal, generate returns None and nothing of what it drew."""
     if classes is not None:
         labels_all = torch.as_tensor(np.asarray(classes), dtype=torch.long)
     elif method != 'uncond':
@@ -166,6 +168,8 @@ def generate(sampler, num_images, batch_size, img_size, device, method, omega, s
     images, labels = [], []
     with tqdm(total=num_images, desc=desc, dynamic_ncols=True, unit='img') as pbar:
         for start in range(0, num_images, batch_size):
+            if stop is not None and stop.signal:
+                return None
             n = min(batch_size, num_images - start)
             noise = ImageNoise(seed, range(first_index + start, first_index + start + n))
             x_T = noise.draw((3, img_size, img_size), device)

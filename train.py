@@ -10,6 +10,7 @@ import datetime
 import math
 import os
 import random
+import sys
 import types
 
 import numpy as np
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from augment import AugmentPipe
 from checkpoint import ckpt_path, load_checkpoint, load_model_state, save_checkpoint
-from dataset import build_dataset
+from dataset import build_dataset, one_class_note
 from diffusion import EMA, GaussianDiffusionTrainer, autocast
 from factory import build_model, build_sampler, compile_model
 from runfolder import (StepBatchSampler, StopRequest, newest_loadable_checkpoint,
@@ -159,7 +160,8 @@ def prepare(cfg):
         raise UserError(f'--batch_size {cfg.batch_size} must be divisible by the number of '
                         f'processes ({world_size})')
     if rank == 0:
-        check_writable_dir(out_dir, 'finetuned_logdir' if cfg.finetune else 'logdir')
+        for folder in (out_dir, os.path.join(out_dir, 'sample')):
+            check_writable_dir(folder, 'finetuned_logdir' if cfg.finetune else 'logdir')
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
@@ -176,6 +178,9 @@ def prepare(cfg):
         counts = dataset.class_counts
         print(f'{cfg.data_type}: {len(dataset)} images, {dataset.num_class} classes, per-class '
               f'counts {counts.max()}..{counts.min()}: {counts.tolist()}')
+        if single := one_class_note(dataset, cfg.data_type, cfg.root):
+            print(f'warning: {single}; the model learns it alone (labels and --cb change '
+                  f'nothing)', file=sys.stderr)
     return types.SimpleNamespace(
         rank=rank, world_size=world_size, device=device, is_main=rank == 0, out_dir=out_dir,
         pretrained_dir=pretrained_dir, dataset=dataset, flip_batches=flip_batches,

@@ -5,6 +5,7 @@ Every file a run produces (checkpoints, sample arrays, flagfiles, results) goes 
 leaves a half-written file under the final name.
 """
 import contextlib
+import errno
 import io
 import json
 import os
@@ -34,6 +35,22 @@ def get_device():
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 
+def available_memory():
+    """Bytes of memory available to a new allocation now (Linux: MemAvailable of /proc/meminfo,
+    else free physical pages), or None when the system does not say."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _fsync_dir(dirname):
     try:
         fd = os.open(dirname, os.O_RDONLY)
@@ -47,16 +64,35 @@ def _fsync_dir(dirname):
         os.close(fd)
 
 
+# what a write meets when the disk is full or the folder may not be written: one line, not a
+# traceback (other OSErrors are bugs or hardware and keep theirs)
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def write_failure(path, e):
+    """The UserError for OSError `e` met writing `path` (one of WRITE_ERRNOS)."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    hint = ('free space on that disk' if full else 'make its folder writable or choose another')
+    return UserError(f'cannot write {path} ({e.strerror}); nothing was written under that name: '
+                     f'{hint} and run the same command again')
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode='wb'):
     """Open a temporary file beside `path`; on success fsync it and rename it onto `path`.
 
-    On any exception the temporary file is removed and `path` is untouched.
+    On any exception the temporary file is removed and `path` is untouched; a full disk or a
+    folder that may not be written (WRITE_ERRNOS) becomes a UserError naming `path`.
     """
     path = os.fspath(path)
     dirname = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
-                               dir=dirname)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
+                                   dir=dirname)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_failure(path, e) from None
+        raise
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -64,9 +100,11 @@ def atomic_write(path, mode='wb'):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(dirname)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            raise write_failure(path, e) from None
         raise
 
 
@@ -107,8 +145,9 @@ def append_jsonl(path, record):
 
 
 def check_writable_dir(path, flag):
-    """Raise UserError unless `path` is, or can be created as, a folder we may write to.
-    Creates nothing."""
+    """Raise UserError unless `path` is, or can be created as, a folder we may write to. The
+    nearest folder that exists on the way takes a probe file, created and removed at once:
+    permission bits say nothing to root, nor about a read-only mount. Leaves nothing behind."""
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
@@ -118,6 +157,10 @@ def check_writable_dir(path, flag):
     if not os.path.isdir(probe):
         raise UserError(f'--{flag} {path}: {probe} is a file, not a folder; choose another '
                         f'--{flag}')
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f'--{flag} {path}: {probe} is not writable; choose a folder you can '
-                        f'write to')
+    try:
+        fd, tmp = tempfile.mkstemp(prefix='.write_probe.', suffix='.tmp', dir=probe)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise UserError(f'--{flag} {path}: {probe} is not writable ({e.strerror}); choose a '
+                        f'folder you can write to') from None

@@ -24,7 +24,7 @@ import torch
 
 import dataset as D
 from recognition.data import evaluation_loader, synthetic_dataset
-from recognition.feature_aug import prepare_feature_aug, run_feature_aug
+from recognition.feature_aug import FEATURE_DIR, RESULT_DIR, prepare_feature_aug, run_feature_aug
 from recognition.loop import classifier_from_run, run_training
 from recognition.losses import LongTailLoss
 from recognition.models import predict
@@ -63,6 +63,8 @@ def load_inputs(cfg, device):
     test = D.build_test_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.cls_test_list,
                                 cfg.download, test_root=cfg.test_root)
     num_class = real.num_class
+    if single := D.one_class_note(real, cfg.data_type, cfg.root):
+        raise UserError(f'{single}; a classifier needs at least two classes')
     if test.num_class > num_class:
         raise UserError(f'test split of {cfg.data_type}: labels up to {test.num_class - 1}, but '
                         f'the training set has {num_class} classes')
@@ -131,11 +133,20 @@ def filter_synthetic(cfg, inputs, images, labels, out_dir, device):
     return images[keep], labels[keep], dropped
 
 
+def output_folders(cfg):
+    """The folders this run writes: LOGDIR and the subfolders its flags call for."""
+    subs = ['synthetic'] if cfg.synthetic_logdir else []
+    subs += ['filter_real'] if cfg.synthetic_filter and not cfg.filter_logdir else []
+    subs += [FEATURE_DIR, RESULT_DIR] if cfg.feature_aug else []
+    return [cfg.logdir] + [os.path.join(cfg.logdir, sub) for sub in subs]
+
+
 def classify(cfg, flags_text):
     """--classify: check the inputs, then train and evaluate into --logdir (see the module
     docstring). Returns 'done', 'complete' (nothing to do) or 'stopped' (signal; resumable)."""
     check_sources(cfg)
-    check_writable_dir(cfg.logdir, 'logdir')
+    for folder in output_folders(cfg):  # before any work: a failed write would waste it
+        check_writable_dir(folder, 'logdir')
     device = get_device()
     torch.manual_seed(cfg.seed)
     inputs = load_inputs(cfg, device)
@@ -155,7 +166,10 @@ def classify(cfg, flags_text):
         images, labels = inputs.synthetic
         source = cfg.synthetic
     elif inputs.generator is not None:
-        images, labels, source = drawn_synthetic(cfg, inputs, cfg.logdir, device)
+        drawn = drawn_synthetic(cfg, inputs, cfg.logdir, device)
+        if drawn is None:  # SIGINT / SIGTERM while drawing
+            return 'stopped'
+        images, labels, source = drawn
     if source is not None and cfg.synthetic_filter:
         filtered = filter_synthetic(cfg, inputs, images, labels, cfg.logdir, device)
         if filtered is None:

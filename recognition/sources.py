@@ -10,6 +10,7 @@ import torch
 
 import dataset as D
 import recognition.translate as T
+from runfolder import StopRequest
 from utils import UserError, save_npy
 
 
@@ -102,7 +103,8 @@ def drawn_synthetic(cfg, inputs, out_dir, device):
     in NAME_sources.npy and a grid of source -> translated pairs in
     LOGDIR/translate_pairs_s{strength}.png. A set is reused when present (e.g. on resume; pass
     the .npy to --synthetic to reuse it elsewhere): NAME holds every setting that changes it.
-    Returns (uint8 images, int64 labels, path of the .npy)."""
+    Returns (uint8 images, int64 labels, path of the .npy), or None when SIGINT / SIGTERM
+    stopped the drawing (between batches; nothing of the set is saved)."""
     from evaluation import generate, save_settings
     from factory import build_sampler, sampler_settings
     gen, model = inputs.generator
@@ -130,10 +132,16 @@ def drawn_synthetic(cfg, inputs, out_dir, device):
           f'evaluations per image), per class {inputs.per_class.tolist()}')
     images = np.zeros((0, 3, cfg.img_size, cfg.img_size), np.float32)
     if len(labels):
-        images, labels = generate(sampler, len(labels), cfg.batch_size, cfg.img_size, device,
-                                  cfg.sample_method, cfg.omega, cfg.seed,
-                                  'translating' if translate else 'generating', classes=labels,
-                                  starts=starts, start_t=start_t)
+        with StopRequest() as stop:
+            images = generate(sampler, len(labels), cfg.batch_size, cfg.img_size, device,
+                              cfg.sample_method, cfg.omega, cfg.seed,
+                              'translating' if translate else 'generating', classes=labels,
+                              starts=starts, start_t=start_t, stop=stop)
+        if images is None:
+            print(f'{stop.signal}: stopped while drawing the generated set, nothing of it saved; '
+                  f'run the same command again to draw it')
+            return None
+        images, labels = images
     record = {**settings, 'sampler_flag': cfg.sampler, 'seed': cfg.seed,
               'synthetic_source': cfg.synthetic_source}
     if translate:

@@ -399,7 +399,7 @@ def test_bad_sources_and_missing_test_split(tmp_path):
     write_cifar10(str(root), per_class=5, test_per_class=1)
     (root / 'cifar-10-batches-py' / 'test_batch').unlink()
     out = run_main('--flagfile', os.path.join(ROOT, 'config', 'classify_cifar10lt.txt'),
-                   f'--root={root}', f'--logdir={logdir}')
+                   f'--root={root}', '--imb_factor=0.5', f'--logdir={logdir}')  # no empty class
     assert_user_error(out, logdir, 'test_batch')
     lists = tmp_path / 'imagenet'
     lines = _write_image_lists(lists)
