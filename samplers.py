@@ -1,6 +1,6 @@
 """Sampler settings, per-image noise and diffusers' multistep solvers on our schedule.
 
-Three things the sampler of diffusion.py builds on:
+What the sampler of diffusion.py builds on:
 
 - Settings: which sampler, steps, spacing, eta and clipping a use gets. `USE_DEFAULTS` holds the
   default of each use (--eval, the training grids, --sample, --classify's generated sets) for an
@@ -10,6 +10,10 @@ Three things the sampler of diffusion.py builds on:
 - Noise: `ImageNoise` draws x_T and every step's noise image by image, each image from its own
   torch.Generator seeded from (seed, global image index), so that a sample is a pure function of
   (seed, index, label, settings), whatever the batch size or the batch it falls in.
+- Timesteps: every run starts at the noise level of its x: a full run at T - 1 (where x_T is
+  drawn), an SDEdit start at t (a translation) at t, with the sampler's schedule over [0, t] in
+  the same number of steps: the full run of a model of t + 1 steps whose noise levels are our
+  first t + 1 (`ddim_timesteps`, `respaced_scheduler`).
 - Solvers: a thin layer in the spirit of improved-diffusion's respace.py. The network, the
   guidance ((1 + omega) eps(x, y) - omega eps(x)) and the batching stay in
   GaussianDiffusionSampler; this module builds a diffusers scheduler from our betas and runs its
