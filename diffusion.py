@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samplers import (SOLVER_SPACINGS, make_scheduler, resolve_spacing, set_timesteps, solve,
-                      standard_noise)
+from samplers import (SOLVER_SPACINGS, ddim_timesteps, make_scheduler, resolve_spacing,
+                      respaced_scheduler, set_timesteps, solve, standard_noise)
 
 NO_LABEL = -1
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -140,28 +140,6 @@ class EMA:
         torch._foreach_lerp_(self.dst, self.src, 1.0 - decay)
 
 
-def timestep_subsequence(T, steps, skip_type='quad'):
-    """`steps` increasing time indices in [0, T), always starting at 0.
-
-    'uniform' spaces them evenly; 'quad' spaces their square roots evenly up to 0.8 T, which puts
-    more steps at low noise (the DDIM paper's choice for CIFAR-10; on Gaussian data it halves the
-    variance error of 50-step sampling).
-    """
-    if not 1 <= steps <= T:
-        raise ValueError(f'sample_steps must be in [1, {T}], got {steps}')
-    if skip_type == 'uniform':
-        seq = np.floor(np.arange(steps) * (T / steps))
-    elif skip_type == 'quad':
-        seq = np.linspace(0, np.sqrt(T * 0.8), steps) ** 2
-    else:
-        raise ValueError(f'unknown skip_type {skip_type}')
-    seq = np.unique(seq.astype(np.int64))
-    if len(seq) < steps:  # quad rounding merged some early steps: fill from the top
-        extra = np.setdiff1d(np.arange(T), seq)[::-1][:steps - len(seq)]
-        seq = np.sort(np.concatenate([seq, extra]))
-    return seq
-
-
 class GaussianDiffusionSampler(nn.Module):
     """Ancestral DDPM over all T steps (default), DDIM, DPM-Solver++(2M) (ODE or SDE) or UniPC
     in fewer steps.
@@ -197,10 +175,11 @@ class GaussianDiffusionSampler(nn.Module):
         y: B int64 labels, or None (drawn uniformly; None stays None for 'uncond').
         noise: a samplers.ImageNoise for the batch: every stochastic step draws its noise from
             it, image by image (batch-size independent); None draws from torch's global RNG.
-        start_t: SDEdit start, a time index in [0, T): run only the steps from start_t down.
-            DDPM runs t = start_t .. 0; DDIM and the solvers run start_t itself and then the
-            steps of their full run below it. A start_t at or above the full run's first step
-            (T - 1 always is) runs the full run, x_T standing for the state at its first step.
+        start_t: SDEdit start, a time index in [0, T): run from start_t down to 0 with the
+            schedule of the same sampler on a model of start_t + 1 steps (the first of ours):
+            DDPM t = start_t .. 0, DDIM and the solvers their spacing over [0, start_t] in
+            sample_steps steps (DDIM: at most start_t + 1). Every full run starts at T - 1, so
+            start_t = T - 1 is the full run.
         Returns (x_0, clipped to [-1, 1] unless `clip_output` is False, labels B int64, or None
         for 'uncond' without labels).
     """
@@ -232,10 +211,13 @@ class GaussianDiffusionSampler(nn.Module):
         self.amp = amp
         self.clip_denoised = bool(clip_denoised)
         self.clip_output = clip_output
-        # built once: diffusers schedulers are stateful per run but reset by set_timesteps
-        self.scheduler = (make_scheduler(sampler, linear_betas(beta_1, beta_T, T), self.spacing,
+        # built once: diffusers schedulers are stateful per run but reset by set_timesteps; those
+        # of SDEdit starts below T - 1 on first use (scheduler_from)
+        self.schedule_betas = linear_betas(beta_1, beta_T, T)  # float64, on the CPU
+        self.scheduler = (make_scheduler(sampler, self.schedule_betas, self.spacing,
                                          self.clip_denoised)
                           if sampler in SOLVER_SPACINGS else None)
+        self.respaced = {}
 
         betas = linear_betas(beta_1, beta_T, T)
         alphas = 1. - betas
@@ -261,17 +243,30 @@ class GaussianDiffusionSampler(nn.Module):
 
     # --- what a run does --------------------------------------------------------------------
     def timesteps(self, start_t=None):
-        """The time indices at which a run calls the network, in order (list of ints)."""
+        """The time indices at which a run (from start_t; None: the full run, from T - 1) calls
+        the network, in order (list of ints)."""
         self.check_start(start_t)
+        top = self.T - 1 if start_t is None else start_t
         if self.sampler == 'ddpm':
-            return list(range(self.T - 1 if start_t is None else start_t, -1, -1))
+            return list(range(top, -1, -1))
         if self.sampler == 'ddim':
-            steps = timestep_subsequence(self.T, self.sample_steps, self.skip_type)[::-1].tolist()
-            if start_t is None or start_t >= steps[0]:
-                return steps
-            below = [s for s in steps if s <= start_t]
-            return below if below and below[0] == start_t else [start_t] + below
-        return set_timesteps(self.scheduler, self.sample_steps, start_t)
+            return ddim_timesteps(top, self.sample_steps, self.skip_type)
+        return set_timesteps(self.scheduler_from(top), self.steps_from(top))
+
+    def steps_from(self, top):
+        """The steps of a run from time index top: sample_steps, at most top + 1 (the most a
+        model of top + 1 steps takes)."""
+        return min(self.sample_steps, top + 1)
+
+    def scheduler_from(self, top):
+        """The diffusers scheduler of a run from time index top: the full run's at T - 1, else
+        one on the first top + 1 betas (samplers.respaced_scheduler), built once."""
+        if top == self.T - 1:
+            return self.scheduler
+        if top not in self.respaced:
+            self.respaced[top] = respaced_scheduler(self.sampler, self.schedule_betas,
+                                                    self.spacing, self.clip_denoised, top)
+        return self.respaced[top]
 
     def settings(self, method='cfg', omega=0.0, start_t=None):
         """The sampler's settings as a record: sampler, sample_steps (T for ddpm), spacing,
@@ -394,8 +389,9 @@ class GaussianDiffusionSampler(nn.Module):
             y = self.draw_labels(x_T.shape[0], x_T.device)
         y_model = None if method == 'uncond' else y
         if self.scheduler is not None:
-            x_0 = solve(self.scheduler, self.sample_steps, self.predict_eps, x_T, y_model, omega,
-                        method, noise, start_t)
+            top = self.T - 1 if start_t is None else start_t
+            x_0 = solve(self.scheduler_from(top), self.steps_from(top), self.predict_eps, x_T,
+                        y_model, omega, method, noise)
             return self.output(x_0), y
         steps = self.timesteps(start_t)
         x_t = x_T

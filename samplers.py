@@ -1,6 +1,6 @@
 """Sampler settings, per-image noise and diffusers' multistep solvers on our schedule.
 
-Three things the sampler of diffusion.py builds on:
+What the sampler of diffusion.py builds on:
 
 - Settings: which sampler, steps, spacing, eta and clipping a use gets. `USE_DEFAULTS` holds the
   default of each use (--eval, the training grids, --sample, --classify's generated sets) for an
@@ -10,6 +10,10 @@ Three things the sampler of diffusion.py builds on:
 - Noise: `ImageNoise` draws x_T and every step's noise image by image, each image from its own
   torch.Generator seeded from (seed, global image index), so that a sample is a pure function of
   (seed, index, label, settings), whatever the batch size or the batch it falls in.
+- Timesteps: every run starts at the noise level of its x: a full run at T - 1 (where x_T is
+  drawn), an SDEdit start at t (a translation) at t, with the sampler's schedule over [0, t] in
+  the same number of steps: the full run of a model of t + 1 steps whose noise levels are our
+  first t + 1 (`ddim_timesteps`, `respaced_scheduler`).
 - Solvers: a thin layer in the spirit of improved-diffusion's respace.py. The network, the
   guidance ((1 + omega) eps(x, y) - omega eps(x)) and the batching stay in
   GaussianDiffusionSampler; this module builds a diffusers scheduler from our betas and runs its
@@ -205,6 +209,38 @@ def resolve_spacing(sampler, spacing, skip_type='quad'):
 
 
 # ---------------------------------------------------------------------------------------------
+# DDIM's timesteps
+
+def ddim_timesteps(top, steps, spacing):
+    """The time indices a DDIM run from time index `top` calls the network at: min(steps, top + 1)
+    distinct ints decreasing from top to 0 (one step: [top]).
+
+    A full run has top = T - 1, where x_T is drawn; an SDEdit start at t has top = t, which is
+    the full run of a model of t + 1 steps (the first t + 1 of ours), so every start gets the
+    schedule's shape over its own range. 'uniform' spaces the steps evenly in t, 'quad' evenly in
+    sqrt(t) (more steps at low noise: the DDIM paper's choice for CIFAR-10, whose code ends it at
+    0.8 T instead of T - 1 and starts there from pure noise). Where rounding puts two low-noise
+    steps on one index, the later ones move up by one; they stay <= top as steps <= top + 1.
+    """
+    if top < 0 or steps < 1:
+        raise ValueError(f'a run needs top >= 0 and steps >= 1, got {top} and {steps}')
+    n = min(steps, top + 1)
+    if n == 1:
+        return [top]
+    if spacing == 'uniform':
+        grid = np.linspace(0, top, n)
+    elif spacing == 'quad':
+        grid = np.linspace(0, np.sqrt(top), n) ** 2
+    else:
+        raise ValueError(f'unknown DDIM spacing {spacing!r}; quad or uniform')
+    seq = np.rint(grid).astype(np.int64)
+    seq[-1] = top
+    for i in range(1, n):
+        seq[i] = max(seq[i], seq[i - 1] + 1)
+    return seq[::-1].tolist()
+
+
+# ---------------------------------------------------------------------------------------------
 # per-image noise
 
 def image_seed(seed, index):
@@ -267,6 +303,16 @@ def make_scheduler(solver, betas, spacing, clip_denoised=False):
     return UniPCMultistepScheduler(predict_x0=True, **common)
 
 
+def respaced_scheduler(solver, betas, spacing, clip_denoised, top):
+    """The scheduler of a run from time index `top` (an SDEdit start): make_scheduler on the
+    first top + 1 betas, the full run of a model of top + 1 steps whose noise levels are ours,
+    so the spacing keeps its shape over [0, top] and the first step is at top's own sigma. At
+    top = 0 every spacing is the single step at t = 0, built with 'default' (log-SNR grids need
+    two noise levels)."""
+    return make_scheduler(solver, betas[:top + 1], spacing if top > 0 else 'default',
+                          clip_denoised)
+
+
 def is_stochastic(scheduler):
     return getattr(scheduler.config, 'algorithm_type', None) == 'sde-dpmsolver++'
 
@@ -277,59 +323,51 @@ def training_sigma(scheduler, time_step):
     return float(((1 - abar) / abar) ** 0.5)
 
 
-def set_timesteps(scheduler, steps, start_t=None):
-    """Set `scheduler` up for `steps` steps; returns its timesteps (ints, non-increasing).
+def set_timesteps(scheduler, steps):
+    """Set `scheduler` up for `steps` steps over its whole schedule; returns its timesteps (ints,
+    non-increasing, the first T - 1 of its T = len(alphas_cumprod)).
 
     A step of zero length (the sigma of the previous step again: 'default' spacing at steps = T
     rounds two steps onto one timestep) is dropped, as the multistep formulas would divide by
     zero. Karras, lu and exponential spacing may also put several steps on one integer timestep
     when `steps` is a sizeable part of T (lu from 50 steps at T = 1000), but with distinct sigmas:
     those are kept, as the solver still resolves the low-noise end better with them (measured on
-    the oracle: dropping them nearly tripled the error of lu at 1000 steps).
-
-    start_t (an SDEdit start, a time index in [0, T)): begin at start_t itself, at its training
-    sigma (the noise level of the caller's x_start), then keep the steps of the full run below
-    it (those of smaller sigma: the timesteps < start_t, as diffusers' img2img pipelines keep the
-    tail of the schedule, and a grid sigma that rounds onto start_t from below); start_t at or
-    above the first timestep keeps the full run. The solver's history is reset either way.
+    the oracle: dropping them nearly tripled the error of lu at 1000 steps). The first sigma is
+    always the training sigma of T - 1, so the first timestep is T - 1 (diffusers' exponential
+    grid truncates an interpolated timestep that can fall a rounding error below it). The
+    solver's history of an earlier run is reset.
     """
     scheduler.set_timesteps(steps)  # also resets the solver's history of earlier runs
     sigmas = scheduler.sigmas[:-1]  # the last entry is the final sigma, 0
     timesteps = scheduler.timesteps
+    T = len(scheduler.alphas_cumprod)
     keep = torch.ones(len(sigmas), dtype=torch.bool)
     keep[1:] = sigmas[1:] != sigmas[:-1]
-    changed = not keep.all()
-    sigmas, timesteps = sigmas[keep], timesteps[keep.to(timesteps.device)]
-    if start_t is not None and start_t < int(timesteps[0]):
-        sigma_start = training_sigma(scheduler, start_t)
-        below = sigmas < sigma_start
-        sigmas = torch.cat([sigmas.new_tensor([sigma_start]), sigmas[below]])
-        timesteps = torch.cat([timesteps.new_tensor([start_t]),
-                               timesteps[below.to(timesteps.device)]])
-        changed = True
-    if changed:
+    if not keep.all() or int(timesteps[0]) != T - 1:
+        timesteps = timesteps[keep.to(timesteps.device)].clone()
+        timesteps[0] = T - 1
         scheduler.timesteps = timesteps
-        scheduler.sigmas = torch.cat([sigmas, scheduler.sigmas[-1:]])
+        scheduler.sigmas = torch.cat([sigmas[keep], scheduler.sigmas[-1:]])
         scheduler.num_inference_steps = len(timesteps)
     # step i uses sigmas[i]: never let a repeated first timestep pick a later index
     scheduler.set_begin_index(0)
     out = scheduler.timesteps.tolist()
-    T = len(scheduler.alphas_cumprod)
     if not all(0 <= t < T for t in out):   # lu at T = 1: a log-SNR range of zero width
         raise ValueError(f'this spacing gives no valid timesteps at T = {T}; use --spacing '
                          f'default')
     return out
 
 
-def solve(scheduler, steps, predict_eps, x_T, y, omega, method, noise=None, start_t=None):
+def solve(scheduler, steps, predict_eps, x_T, y, omega, method, noise=None):
     """Run the scheduler's loop from x_T (B x C x H x W) in `steps` steps.
 
-    x_T is standard normal, or with start_t the state x_t at time index start_t (SDEdit).
+    x_T is the state at the scheduler's last time index T - 1: standard normal for a full run,
+    x_t for an SDEdit start at t on a scheduler of the first t + 1 betas (respaced_scheduler).
     predict_eps(x_t, t, y, omega, method) -> eps (B x C x H x W float32), t a B int64 tensor of
     0-based timesteps in [0, T). The SDE solver's step noise comes from `noise` (an ImageNoise
     for the batch) or torch's global RNG. Returns x_0, not clipped (B x C x H x W float32).
     """
-    timesteps = set_timesteps(scheduler, steps, start_t)
+    timesteps = set_timesteps(scheduler, steps)
     x_t = x_T * scheduler.init_noise_sigma
     for time_step in timesteps:
         t = torch.full((x_T.shape[0],), time_step, dtype=torch.long, device=x_T.device)

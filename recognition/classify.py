@@ -90,6 +90,7 @@ def load_inputs(cfg, device):
         inputs.generator = (gen, model)
         inputs.per_class = fill_counts(real.class_counts, cfg.synthetic_fill, cfg.synthetic_only)
         if cfg.synthetic_source == 'translate':
+            T.start_index(cfg.translate_strength, gen.T)  # a strength below one step: refused
             inputs.translate_classes = T.source_classes(cfg.translate_from, real.class_counts,
                                                         cfg.many_shot, cfg.few_shot)
             if not inputs.translate_classes:

@@ -87,7 +87,7 @@ def synthetic_name(cfg, fill, settings):
     variance = f'_{cfg.var_type}' if settings.sampler == 'ddpm' else ''
     source = ''
     if cfg.synthetic_source == 'translate':
-        source = (f'_translate{cfg.translate_strength:g}from'
+        source = (f'_translate{T.strength_name(cfg.translate_strength)}from'
                   f'{str(cfg.translate_from).replace(",", "-").replace("+", "-")}')
     return (f'{os.path.basename(os.path.normpath(cfg.synthetic_logdir))}_{cfg.sample_method}_'
             f'{cfg.omega}_{settings.tag()}{variance}_STEP{cfg.ckpt_step}{source}_{kind}{fill}_'
@@ -147,8 +147,8 @@ def drawn_synthetic(cfg, inputs, out_dir, device):
     if translate:
         save_npy(path[:-len('.npy')] + '_sources.npy', inputs.translate_sources)
         grid = T.save_pairs_grid((starts + 1) / 2, torch.from_numpy(images), labels,
-                                 os.path.join(out_dir, f'translate_pairs_s{cfg.translate_strength:g}'
-                                                       '.png'))
+                                 os.path.join(out_dir, 'translate_pairs_s'
+                                              f'{T.strength_name(cfg.translate_strength)}.png'))
         record.update(translate_strength=cfg.translate_strength, translate_start_t=start_t,
                       translate_from=cfg.translate_from, translate_classes=inputs.translate_classes)
         print(f'source -> translated pairs: {grid}')

@@ -75,11 +75,30 @@ def choose_sources(targets, per_class, classes, seed):
 
 
 def start_step(sampler, strength):
-    """The time index a translation of strength s in (0, 1] starts from: round(s T) - 1 in
-    [0, T - 1], and at most the sampler's own first step (a sampler whose full run starts below
-    T - 1, as DDIM's quad spacing does at 0.8 T, treats its start as its first step's state)."""
-    t = min(max(int(round(strength * sampler.T)) - 1, 0), sampler.T - 1)
-    return min(t, sampler.timesteps()[0])
+    """The time index a translation of strength s in (0, 1] starts from: t = round(s T) - 1 in
+    [0, T - 1], T the sampler's. The sampler runs from there with its schedule respaced over
+    [0, t] (GaussianDiffusionSampler's start_t), so every strength has its own start and
+    strength 1 is the full run. UserError for a strength outside (0, 1] or below the first step
+    (s T < 0.5 rounds to no step at all)."""
+    return start_index(strength, sampler.T)
+
+
+def start_index(strength, T):
+    """round(strength T) - 1 (see start_step); UserError when it is not in [0, T - 1]."""
+    t = int(round(strength * T)) - 1 if 0 < strength <= 1 else -1
+    if t < 0:
+        raise UserError(f'--translate_strength {strength:g}: below the first of the '
+                        f'generator\'s T = {T} noise steps (strength x T, rounded, is the number '
+                        f'of steps a source is noised by); give 1/T = {1 / T:g} to 1')
+    return t
+
+
+def strength_name(strength):
+    """The strength in file names (translate_pairs_s{name}.png, the set's name): the short
+    '%g' form (0.5, 1) where it reads back as the same number, else the float's repr, so two
+    strengths never share a name."""
+    short = f'{strength:g}'
+    return short if float(short) == strength else repr(float(strength))
 
 
 def real_images(dataset, indices, batch=512):

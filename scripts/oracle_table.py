@@ -105,7 +105,7 @@ def diffusers_ddim(oracle, steps):
     scheduler = DDIMScheduler(
         num_train_timesteps=T, trained_betas=linear_betas(BETA_1, BETA_T, T).numpy(),
         prediction_type='epsilon', clip_sample=False, thresholding=False, set_alpha_to_one=True,
-        timestep_spacing='leading', steps_offset=0)  # 'leading' = our 'uniform' from t = 0
+        timestep_spacing='leading', steps_offset=0)  # uniform, from (steps - 1) T / steps
     guided = make_sampler(oracle, 'ddpm')
 
     def sample(x_T, omega, method, y):
@@ -126,7 +126,7 @@ def sampler_rows(oracle, steps_list):
         for spacing in SPACINGS[name][1:]:
             rows += [(f'{name}, {spacing}', s, make_sampler(oracle, name, s, spacing))
                      for s in steps_list]
-    rows += [('ddim, diffusers DDIMScheduler (uniform)', s, diffusers_ddim(oracle, s))
+    rows += [('ddim, diffusers DDIMScheduler (leading)', s, diffusers_ddim(oracle, s))
              for s in steps_list]
     return rows
 

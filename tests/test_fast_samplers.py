@@ -94,13 +94,20 @@ def test_sde_solver_reproduces_the_gaussians(oracle, steps, tolerance):
     assert (x - x_other).abs().mean() > 0.05
 
 
-def test_ours_uniform_ddim_equals_diffusers_ddim(oracle, inputs):
-    # diffusers' DDIMScheduler with 'leading' spacing steps through the same timesteps as our
-    # 'uniform' DDIM: equal results confirm that both index the same alphas_cumprod (no shift)
+def test_our_ddim_update_equals_diffusers_ddim(oracle, inputs):
+    # diffusers' DDIMScheduler ('leading' spacing: 900, 800, .., 0 in 10 steps) and our DDIM
+    # update stepping through the same timesteps: equal results confirm that both index the same
+    # alphas_cumprod (no shift). (Our 'uniform' runs start at T - 1 instead: 999, 888, .., 0.)
     x_T, y = inputs
-    ours = table.run(table.make_sampler(oracle, 'ddim', 10, 'uniform'), x_T, y, 'cfg', 1.0, 0)
     theirs = table.run(table.diffusers_ddim(oracle, 10), x_T, y, 'cfg', 1.0, 0)
-    assert torch.allclose(ours, theirs, atol=1e-5)
+    ours = table.make_sampler(oracle, 'ddim', 10, 'uniform')
+    steps = list(range(900, -1, -100))
+    x = x_T
+    for t, t_prev in zip(steps, steps[1:] + [-1]):
+        x = ours.ddim_step(x, torch.full((len(x),), t), torch.full((len(x),), t_prev), y, 1.0,
+                           'cfg')
+    assert torch.allclose(x.clip(-1, 1), theirs, atol=1e-5)
+    assert ours.timesteps()[:2] == [999, 888]
 
 
 # --- the diffusers layer ----------------------------------------------------------------------

@@ -326,28 +326,8 @@ def test_sdedit_from_t_minus_1_is_full_sampling(sampler):
     assert gds.timesteps(T_SMALL - 1) == gds.timesteps()
 
 
-@pytest.mark.parametrize('sampler', SAMPLERS)
-@pytest.mark.parametrize('start_t', [0, 17, 40, 73])
-def test_sdedit_runs_the_steps_below_start_t(sampler, start_t):
-    # start_t itself first, then the full run's steps below it: for DDPM and DDIM its time
-    # indices below start_t, for the solvers its steps of smaller sigma (karras, lu and
-    # exponential grids may round a sigma below start_t's onto start_t)
-    gds = make(torch.nn.Identity(), sampler, False, steps=20)
-    full = gds.timesteps()
-    if gds.scheduler is None:
-        below = [s for s in full if s < start_t]
-    else:
-        full_sigmas = gds.scheduler.sigmas[:-1].clone()
-        abar = gds.scheduler.alphas_cumprod[start_t]
-        sigma_start = ((1 - abar) / abar).sqrt().item()
-        below = [s for s, sigma in zip(full, full_sigmas) if sigma < sigma_start]
-        assert below == [s for s in full if s < start_t] or full.count(start_t) > 0
-    steps = gds.timesteps(start_t)
-    assert steps == [start_t] + below
-    assert gds.settings('cfg', 1.0, start_t)['nfe_per_image'] == 2 * len(steps)
-    if gds.scheduler is not None:  # the first step is at start_t's own noise level
-        assert gds.scheduler.sigmas[0].item() == pytest.approx(sigma_start, rel=1e-6)
-        assert len(gds.scheduler.sigmas) == len(steps) + 1 and gds.scheduler.sigmas[-1] == 0
+# the steps of an SDEdit start (its own t, the schedule respaced over [0, t]): tests/
+# test_translate_schedule.py
 
 
 @pytest.mark.parametrize('sampler, steps', [('ddpm', None), ('dpm++2m-sde', 50)])

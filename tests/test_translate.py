@@ -100,15 +100,19 @@ def test_strength_near_zero_keeps_the_source_and_one_ignores_it(sampler, steps, 
     assert corr(part) > 0.1 and abs(corr(full_a)) < 0.05
 
 
-def test_start_step_is_at_most_the_samplers_first_step():
-    uniform = oracle_sampler('ddim', 50)
-    uniform = GaussianDiffusionSampler(uniform.model, 1e-4, 0.02, 1000, 2, img_size=4,
-                                       sampler='ddim', sample_steps=50, spacing='uniform')
-    assert uniform.timesteps()[0] == 980          # floor(49 * 1000 / 50): its full run's start
-    assert T.start_step(uniform, 1.0) == 980 and T.start_step(uniform, 0.99) == 980
-    assert T.start_step(uniform, 0.5) == 499 and T.start_step(uniform, 0.25) == 249
+def test_start_step_is_the_strengths_own_step_for_every_spacing():
+    # DDIM 20 quad's full run used to start at 800 and 50 uniform at 980, capping the strengths
+    # above; every run now starts at T - 1 and a strength at its own round(s T) - 1
+    # (tests/test_translate_schedule.py checks every sampler, spacing and step count)
+    for spacing, steps in (('uniform', 50), ('quad', 20), ('quad', 50)):
+        gds = GaussianDiffusionSampler(torch.nn.Identity(), 1e-4, 0.02, 1000, 2, img_size=4,
+                                       sampler='ddim', sample_steps=steps, spacing=spacing)
+        assert gds.timesteps()[0] == 999
+        for strength, t in ((1.0, 999), (0.99, 989), (0.9, 899), (0.8, 799), (0.25, 249)):
+            assert T.start_step(gds, strength) == t and gds.timesteps(t)[0] == t
     assert T.start_step(oracle_sampler('ddpm', None, 0.0), 1.0) == 999
-    assert T.start_step(oracle_sampler('ddpm', None, 0.0), 1e-6) == 0
+    with pytest.raises(UserError, match='--translate_strength'):
+        T.start_step(oracle_sampler('ddpm', None, 0.0), 1e-6)
 
 
 @pytest.fixture(scope='module')
@@ -160,6 +164,7 @@ def test_classify_with_translated_images(tmp_path, diffusion_run):
 @pytest.mark.parametrize('extra, message', [
     (['--translate_strength=0'], '--translate_strength'),
     (['--translate_strength=1.5'], '--translate_strength'),
+    (['--translate_strength=0.004'], 'below the first of the generator'),  # T = 100: no step
     (['--translate_from=head'], '--translate_from'),
     (['--translate_from=many', '--many_shot=500'], 'no class is in that set'),
     (['--translate_from=0', '--synthetic_only'], 'no source images for class 0'),
