@@ -88,8 +88,9 @@ def generator_cfg(cfg):
     gen.logdir = folder
     gen.ckpt_step = generator_step(cfg)
     print(f'--synthetic_logdir {folder}: drawing with '
-          + ', '.join(f'--{name} {getattr(gen, name)}' for name in SAMPLING_FLAGS)
-          + f' (from its flagfile.txt'
+          + ', '.join(f'--{name} {"unset" if getattr(gen, name) is None else getattr(gen, name)}'
+                      for name in SAMPLING_FLAGS)
+          + ' (from its flagfile.txt'
           + (f'; {", ".join("--" + n for n in gen.sampling_given)} from this command)'
              if gen.sampling_given else ')'))
     return gen
