@@ -4,6 +4,7 @@ evaluation and FID statistics. The only module that reads absl FLAGS.
     python main.py --train --flagfile config/cifar100.txt ...
     python main.py --notrain --eval --flagfile LOGDIR/flagfile.txt --ckpt_step N ...
 """
+import copy
 import math
 import os
 import sys
@@ -62,7 +63,8 @@ flags.DEFINE_float('tau', 1.0, help='weight of the class-balancing regulariser')
 flags.DEFINE_bool('finetune', False, help='fine-tune LOGDIR/ckpt_{ckpt_step}.pt with --cb')
 flags.DEFINE_string('finetuned_logdir', '', help='run folder of the fine-tuned model '
                     '(a bare name is a sibling of --logdir)')
-flags.DEFINE_integer('ckpt_step', 0, help='checkpoint step to load (eval, sample, fine-tune)')
+flags.DEFINE_integer('ckpt_step', 0, help='checkpoint step to load (eval, sample, fine-tune; '
+                     '--synthetic_logdir: unset = the run\'s newest loadable checkpoint)')
 # data
 flags.DEFINE_string('root', './', help='dataset folder')
 flags.DEFINE_enum('data_type', 'cifar100', list(DATA_TYPES), help='data set')
@@ -145,7 +147,12 @@ flags.DEFINE_string('cls_test_list', '', help='imagenetlt / inat2018 test annota
 flags.DEFINE_string('synthetic', '', help='saved sample set (.npy, N x 3 x H x W in [0, 1], '
                     'labels file beside it) added to the classifier training set')
 flags.DEFINE_string('synthetic_logdir', '', help='draw generated training images from this '
-                    'run\'s ckpt_{ckpt_step}.pt (with --sample_method, --omega, --sampler)')
+                    'run\'s newest loadable checkpoint (--ckpt_step N: ckpt_N.pt); '
+                    '--sample_method, --omega and the sampler flags default to what the run\'s '
+                    'flagfile.txt records')
+flags.DEFINE_bool('synthetic_other_data', False, help='--synthetic_logdir: accept a generator '
+                  'trained on other data than the classifier\'s (--data_type, --imb_factor, '
+                  '--imb_type, imagefolder --root, --list_file)')
 flags.DEFINE_enum('synthetic_source', 'generate', ['generate', 'translate'], help='images '
                   'from --synthetic_logdir: generate (from noise) or translate (real images of '
                   'other classes, --translate_from, noised to --translate_strength and denoised '
@@ -448,11 +455,37 @@ def expand_argv(argv):
     return argv[:1] + kept
 
 
-def config():
-    """The flags as a plain namespace (what the other modules take)."""
-    cfg = types.SimpleNamespace(**{name: FLAGS[name].value for name in FLAGS})
-    cfg.fid_cache_given = FLAGS['fid_cache'].present > 0
+def namespace_of(flag_values):
+    """Every flag's value as a plain namespace, and `given`: the names of the flags that the
+    parsed arguments (command line and flagfiles) set."""
+    cfg = types.SimpleNamespace(**{name: flag_values[name].value for name in flag_values})
+    cfg.given = frozenset(name for name in flag_values if flag_values[name].present)
     return cfg
+
+
+def config():
+    """The flags as a plain namespace (what the other modules take), with `given` (see
+    namespace_of) and `read_flagfile` (another run's flags, see read_flagfile)."""
+    cfg = namespace_of(FLAGS)
+    cfg.fid_cache_given = FLAGS['fid_cache'].present > 0
+    cfg.read_flagfile = read_flagfile
+    return cfg
+
+
+def read_flagfile(path):
+    """The flags that the flagfile `path` (e.g. another run's flagfile.txt) sets, parsed by
+    absl as `main.py --flagfile=path` would parse them (nested flagfiles, --noX, multi-valued
+    flags, the flags' domains), into a private copy of the flag definitions: FLAGS is untouched.
+    Returns namespace_of the copy (defaults for what the file does not set). A file that does
+    not parse is a UserError naming it."""
+    private = copy.deepcopy(FLAGS)
+    private.unparse_flags()
+    argv = expand_argv(['main.py', f'--flagfile={path}'])
+    try:
+        private(argv)
+    except flags.Error as e:
+        raise UserError(f'{path}: {e}') from None
+    return namespace_of(private)
 
 
 def flags_text():

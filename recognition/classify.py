@@ -28,8 +28,9 @@ from recognition.feature_aug import FEATURE_DIR, RESULT_DIR, prepare_feature_aug
 from recognition.loop import classifier_from_run, run_training
 from recognition.losses import LongTailLoss
 from recognition.models import predict
-import recognition.translate as T
-from recognition.sources import drawn_synthetic, fill_counts, generator_cfg, parse_fill
+from recognition import translate
+from recognition.sources import (drawn_synthetic, fill_counts, generator_cfg, parse_fill,
+                                 weights_sha256)
 from runfolder import remove_stale_temporaries
 from utils import UserError, check_writable_dir, get_device, save_text
 
@@ -43,7 +44,7 @@ def check_sources(cfg):
     for flag in ('synthetic_only', 'synthetic_filter'):
         if getattr(cfg, flag) and not has_source:
             raise UserError(f'--{flag} needs generated images: --synthetic PATH or '
-                            f'--synthetic_logdir LOGDIR --ckpt_step N')
+                            f'--synthetic_logdir LOGDIR')
     if cfg.synthetic_logdir and cfg.sample_method == 'uncond':
         raise UserError('--synthetic_logdir: --sample_method uncond gives unlabelled images; '
                         'use cfg or cond')
@@ -51,7 +52,7 @@ def check_sources(cfg):
         parse_fill(cfg.synthetic_fill)
     if cfg.synthetic_source == 'translate' and not cfg.synthetic_logdir:
         raise UserError('--synthetic_source translate translates real images with a class-'
-                        'conditional diffusion run: give --synthetic_logdir LOGDIR --ckpt_step N')
+                        'conditional diffusion run: give --synthetic_logdir LOGDIR')
 
 
 def load_inputs(cfg, device):
@@ -83,22 +84,23 @@ def load_inputs(cfg, device):
     if cfg.synthetic_logdir:
         from evaluation import load_ema_model
         gen = generator_cfg(cfg)
-        model, gen_classes, _ = load_ema_model(gen, device)
+        model, gen_classes, ckpt = load_ema_model(gen, device)
+        gen.weights_sha256 = weights_sha256(ckpt['ema_model'])
         if gen_classes != num_class:
             raise UserError(f'--synthetic_logdir {cfg.synthetic_logdir}: the model has '
                             f'{gen_classes} classes, {cfg.data_type} has {num_class}')
         inputs.generator = (gen, model)
         inputs.per_class = fill_counts(real.class_counts, cfg.synthetic_fill, cfg.synthetic_only)
         if cfg.synthetic_source == 'translate':
-            T.start_index(cfg.translate_strength, gen.T)  # a strength below one step: refused
-            inputs.translate_classes = T.source_classes(cfg.translate_from, real.class_counts,
-                                                        cfg.many_shot, cfg.few_shot)
+            translate.start_index(cfg.translate_strength, gen.T)  # below one step: refused
+            inputs.translate_classes = translate.source_classes(
+                cfg.translate_from, real.class_counts, cfg.many_shot, cfg.few_shot)
             if not inputs.translate_classes:
                 raise UserError(f'--translate_from {cfg.translate_from}: no class is in that '
                                 f'set (--many_shot {cfg.many_shot}, --few_shot {cfg.few_shot}); '
                                 f'choose other groups or class indices')
-            inputs.translate_sources = T.choose_sources(real.targets, inputs.per_class,
-                                                        inputs.translate_classes, cfg.seed)
+            inputs.translate_sources = translate.choose_sources(
+                real.targets, inputs.per_class, inputs.translate_classes, cfg.seed)
     if cfg.synthetic_filter and cfg.filter_logdir:
         inputs.filter_model, filter_classes = classifier_from_run(cfg.filter_logdir, device)
         if filter_classes != num_class:

@@ -45,7 +45,7 @@ from recognition.loop import newest_classifier_checkpoint
 from recognition.losses import weighted_loss
 from recognition.models import build_classifier
 from recognition.reports import accuracy_report, score_line, test_results, write_report
-from recognition.sources import fill_counts, parse_fill
+from recognition.sources import data_identity, fill_counts, parse_fill, weights_sha256
 from runfolder import StopRequest, remove_stale_temporaries
 from utils import UserError, save_npz
 
@@ -106,11 +106,13 @@ def prepare_feature_aug(cfg, inputs):
     """Check everything the feature stage will read before anything is written: the flags, the
     classifier of --feature_classifier_logdir, and a feature model already in
     LOGDIR/feature_diffusion (its feature dimension, classes and training settings must be
-    this run's). Returns the stage's namespace for run_feature_aug."""
+    this run's, and its classifier the one there is now). Returns the stage's namespace for
+    run_feature_aug."""
     check_feature_flags(cfg)
     external = bool(cfg.feature_classifier_logdir)
     classifier_dir = cfg.feature_classifier_logdir if external else cfg.logdir
-    arch = finished_classifier(classifier_dir, inputs)[1]['arch'] if external else cfg.cls_arch
+    classifier = finished_classifier(classifier_dir, inputs) if external else None
+    arch = classifier[1]['arch'] if external else cfg.cls_arch
     dim = build_classifier(arch, inputs.num_class).feature_dim
     counts = inputs.real.class_counts
     stage = types.SimpleNamespace(external=external, classifier_dir=classifier_dir, dim=dim,
@@ -118,8 +120,14 @@ def prepare_feature_aug(cfg, inputs):
     if cfg.feat_source == 'diffusion':
         stage.per_class = fill_counts(counts, cfg.synthetic_fill)
         if cfg.resume:
-            stage.found = resumable_checkpoint(os.path.join(cfg.logdir, FEATURE_DIR),
-                                               training_settings(cfg, dim, inputs.num_class))
+            if not external and os.path.isdir(classifier_dir):
+                # the run's own classifier as it is now: the one the stage encodes with when the
+                # run has finished (a feature model exists only then; --noresume resumes none)
+                classifier = newest_classifier_checkpoint(classifier_dir)
+            stage.found = resumable_checkpoint(
+                os.path.join(cfg.logdir, FEATURE_DIR),
+                training_settings(cfg, dim, inputs.num_class),
+                None if classifier is None else weights_sha256(classifier[1]['model']))
     return stage
 
 
@@ -141,11 +149,13 @@ def sampling_settings(cfg):
     return out
 
 
-def stage_settings(cfg, stage, num_class, classifier_path, classifier_ckpt):
+def stage_settings(cfg, stage, num_class, classifier_ckpt):
     """Everything that defines the stage's result: {'features': ..., 'head': ...} of plain
-    values (the feature part is None with --feat_source none)."""
-    classifier = {'classifier': os.path.abspath(classifier_path),
-                  'classifier_epoch': int(classifier_ckpt['epoch'])}
+    values (the feature part is None with --feat_source none): the classifier by its weights
+    (whatever folder holds it), the training data by its flags (data_identity) and counts."""
+    classifier = {'classifier_sha256': weights_sha256(classifier_ckpt['model']),
+                  'data': data_identity(cfg),
+                  'class_counts': np.asarray(classifier_ckpt.get('class_counts', [])).tolist()}
     features = None
     if cfg.feat_source == 'diffusion':
         features = dict(classifier, **training_settings(cfg, stage.dim, num_class),
@@ -233,7 +243,7 @@ def drawn_features(cfg, stage, z_real, y_real, stats, settings, folder, device, 
         return stats.standardise(feats), labels
     counts = np.bincount(y_real, minlength=len(stage.per_class))
     model, status = train_feature_model(cfg, z_real, y_real, counts, stats, folder, device, stop,
-                                        stage.found)
+                                        stage.found, settings['classifier_sha256'])
     if status == 'stopped':
         return None
     print(f'drawing {int(stage.per_class.sum())} features ({cfg.sample_method}, omega '
@@ -332,7 +342,7 @@ def run_feature_aug(cfg, inputs, stage, device):
         raise UserError(f'{stage.classifier_dir}: no classifier checkpoint to encode features '
                         f'with')
     classifier_path, classifier_ckpt = found
-    settings = stage_settings(cfg, stage, inputs.num_class, classifier_path, classifier_ckpt)
+    settings = stage_settings(cfg, stage, inputs.num_class, classifier_ckpt)
     key = settings_hash(settings['head'])
     if cfg.resume and already_evaluated(out, key):
         print(f'{out}: feature augmentation with these settings already evaluated; nothing to do')

@@ -180,10 +180,11 @@ def load_feature_checkpoint(path):
                                 'a feature-diffusion checkpoint of --feature_aug')
 
 
-def resumable_checkpoint(folder, settings):
+def resumable_checkpoint(folder, settings, classifier=None):
     """(path, checkpoint) of the newest loadable feature checkpoint in `folder` (None if there
-    is none), after checking that it belongs to a model of these training settings; UserError
-    naming the file and the differences otherwise."""
+    is none), after checking that it belongs to a model of these training settings and, when
+    `classifier` (the sha256 of the classifier's weights) is given, of that classifier's
+    features; UserError naming the file and the differences otherwise."""
     found = newest_loadable_checkpoint(folder, load=load_feature_checkpoint) \
         if os.path.isdir(folder) else None
     if found is None:
@@ -202,7 +203,18 @@ def resumable_checkpoint(folder, settings):
     if differ:
         text = ', '.join(f'{SETTING_FLAGS[k]} {old.get(k)} (now {settings[k]})' for k in differ)
         raise UserError(f'{path}: the feature model was trained with {text}; {hint}')
+    check_classifier(path, ckpt, classifier, hint)
     return path, ckpt
+
+
+def check_classifier(path, ckpt, classifier, hint):
+    """UserError when the feature checkpoint records another classifier than `classifier` (the
+    sha256 of its weights; None: unknown yet, checkpoints before it was recorded pass)."""
+    recorded = ckpt.get('classifier_sha256')
+    if classifier is not None and recorded is not None and recorded != classifier:
+        raise UserError(f'{path}: the feature model was trained on the features of another '
+                        f'classifier (weights sha256 {recorded[:12]}, now {classifier[:12]}); '
+                        f'{hint}')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,9 +233,13 @@ def new_training_state(cfg, settings, device):
                                  optim=optim, sched=sched, step=0)
 
 
-def restore_training(state, found, stats):
-    """Load a checkpoint (path, dict) from resumable_checkpoint into `state`, RNG included."""
+def restore_training(state, found, stats, classifier=None):
+    """Load a checkpoint (path, dict) from resumable_checkpoint into `state`, RNG included,
+    after checking that it was trained on the features of `classifier` (see check_classifier)
+    with these statistics."""
     path, ckpt = found
+    check_classifier(path, ckpt, classifier, f'use another --logdir or remove '
+                                             f'{os.path.dirname(path)}')
     if not stats.matches(FeatureStats(ckpt['mean'], ckpt['std'])):
         raise UserError(f'{path}: the feature model was trained on the features of another '
                         f'classifier; use another --logdir or remove {os.path.dirname(path)}')
@@ -235,21 +251,23 @@ def restore_training(state, found, stats):
     state.step = ckpt['step']
 
 
-def train_feature_model(cfg, z, labels, class_counts, stats, folder, device, stop, found=None):
+def train_feature_model(cfg, z, labels, class_counts, stats, folder, device, stop, found=None,
+                        classifier=None):
     """Train (or resume, or find finished) the feature model of the flags on standardised
     features, in `folder`.
 
     z: N x D float32 standardised features; labels: N int64 in [0, C); class_counts: C real
     counts (the class-balancing target distribution is their frequencies); stats: the
     FeatureStats that standardised z (saved with the model); found: what resumable_checkpoint
-    returned, or None to start afresh; stop: a StopRequest.
+    returned, or None to start afresh; classifier: the sha256 of the weights of the classifier
+    whose features z are (saved with the model, checked on resume); stop: a StopRequest.
     Returns (EMA model in eval mode on `device`, 'done') or (None, 'stopped') after saving.
     """
     num_class = len(class_counts)
     settings = training_settings(cfg, z.shape[1], num_class)
     state = new_training_state(cfg, settings, device)
     if found is not None:
-        restore_training(state, found, stats)
+        restore_training(state, found, stats, classifier)
         if state.step >= cfg.feat_steps:
             print(f'{found[0]}: feature model already trained ({state.step} steps)')
             return state.ema_model, 'done'
@@ -270,6 +288,7 @@ def train_feature_model(cfg, z, labels, class_counts, stats, folder, device, sto
                 'net_model': state.net.state_dict(), 'ema_model': state.ema_model.state_dict(),
                 'optim': state.optim.state_dict(), 'sched': state.sched.state_dict(),
                 'rng': rng_state(), 'mean': stats.mean, 'std': stats.std,
+                'classifier_sha256': classifier,
                 'class_counts': np.asarray(class_counts, np.int64)}
         return step, save_checkpoint(ckpt, folder, step, keep=keep)
 

@@ -119,10 +119,11 @@ def run_record(cfg, synthetic, gen_counts, epochs):
             rec.update(filter_threshold=cfg.filter_threshold,
                        filtered_out=synthetic['dropped'].tolist())
     if synthetic is not None and cfg.synthetic_logdir:
-        # the generator's evaluation keys, so collect_results.py can put its FID beside
+        # the generator's evaluation keys, so collect_results.py can put its FID beside: what
+        # the set was drawn with (recognition.sources.generator_cfg resolves them)
         rec.update(generator=os.path.basename(os.path.normpath(cfg.synthetic_logdir)),
-                   synthetic_logdir=cfg.synthetic_logdir, ckpt_step=cfg.ckpt_step,
-                   sample_method=cfg.sample_method, omega=cfg.omega,
+                   synthetic_logdir=cfg.synthetic_logdir,
+                   **{k: recorded[k] for k in ('ckpt_step', 'sample_method', 'omega')},
                    sampler=rec.get('synthetic_sampler'), synthetic_fill=str(cfg.synthetic_fill))
     return rec
 
