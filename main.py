@@ -484,8 +484,10 @@ def read_flagfile(path, stack=()):
             raise UserError(f'{where}: {line!r} is not a flag; write --name=value, one flag per '
                             f'line (comments start with # or //)')
         if name == 'flagfile':
-            if not value:
+            if value is None:
                 raise UserError(f'{where}: {line!r}: write --flagfile=PATH on one line')
+            if not value.strip():
+                continue  # absl ignores an empty --flagfile=
             nested = os.path.expanduser(value.strip())
             if not os.path.isfile(nested):
                 raise UserError(f'{where}: --flagfile {nested}: no such file')

@@ -78,8 +78,8 @@ def test_main_refuses_before_writing_anything(tmp_path):
 def test_valid_flagfiles_expand_exactly_as_absl_expands_them(tmp_path):
     inner = write(tmp_path / 'inner.txt', '--lr=0.1', '--nocb')
     outer = write(tmp_path / 'outer.txt', '# comment', '  // indented comment', '   ',
-                  '--imb_factor=0.2', '--lr', '0.5', f'--flagfile={inner}', '--ch_mult=1',
-                  '--ch_mult=2', '  --cb  ', '-train', '--logdir=/a path/with spaces')
+                  '--imb_factor=0.2', '--lr', '0.5', f'--flagfile={inner}', '--flagfile=',
+                  '--ch_mult=1', '--ch_mult=2', '  --cb  ', '-train', '--logdir=/a path/with spaces')
     expanded = main.expand_argv(['main.py', f'--flagfile={outer}'])[1:]
     # absl keeps an indented comment as an argument (ignored later); we drop it
     assert expanded == [a for a in absl_lines(outer) if a != '// indented comment']
