@@ -11,6 +11,7 @@ Long-tailed subsets follow the reference (LDAM-DRW's IMBALANCECIFAR): class i ke
 the kept images are the first ones of each class's indices after `np.random.seed(0)` and one
 `np.random.shuffle` per class, classes in increasing order.
 """
+import hashlib
 import json
 import math
 import os
@@ -600,6 +601,29 @@ def one_class_note(ds, data_type, root):
     where = f'--root {root}' if data_type == 'imagefolder' else f'--data_type {data_type}'
     name = f' ({ds.classes[0]})' if getattr(ds, 'classes', None) else ''
     return f'{where}: the training set has one class{name}'
+
+
+def data_identity(dataset, data_type, root='', imb_factor=None, imb_type=None):
+    """What makes `dataset` (a training set of build_dataset) this data, as plain JSON values
+    that a run folder records and compares on resume (runfolder.check_data_record):
+    data_type, img_size, images, class_counts, imb_type and imb_factor where a long-tail draw
+    applies them, and items_sha256: the sha256 of the chosen items, for sets read from files
+    their names relative to `root` (so a moved folder is the same data) with their sizes in
+    bytes and labels, for sets held in memory their positions in the source data and labels."""
+    h = hashlib.sha256()
+    if hasattr(dataset, 'paths'):
+        for path, y in zip(dataset.paths, dataset.targets.tolist()):
+            h.update(f'{os.path.relpath(path, root or ".")}\t{os.path.getsize(path)}\t{y}\n'
+                     .encode())
+    else:
+        h.update(np.asarray(dataset.indices, '<i8').tobytes())
+        h.update(np.asarray(dataset.targets, '<i8').tobytes())
+    out = {'data_type': data_type, 'img_size': int(dataset.img_size), 'images': len(dataset),
+           'class_counts': dataset.class_counts.tolist()}
+    if data_type in ('cifar10lt', 'cifar100lt', 'digitslt', 'mnistlt'):  # drawn long-tailed
+        out.update(imb_type=imb_type, imb_factor=float(imb_factor))
+    out['items_sha256'] = h.hexdigest()
+    return out
 
 
 def allows_hflip(data_type):

@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from augment import AugmentPipe
 from checkpoint import ckpt_path, load_checkpoint, load_model_state, save_checkpoint
-from dataset import build_dataset, one_class_note
+from dataset import build_dataset, data_identity, one_class_note
 from diffusion import EMA, GaussianDiffusionTrainer, autocast
 from factory import build_model, build_sampler, compile_model
-from runfolder import (StepBatchSampler, StopRequest, newest_loadable_checkpoint,
-                       remove_stale_temporaries, rng_state, set_rng_state)
+from runfolder import (StepBatchSampler, StopRequest, check_data_record,
+                       newest_loadable_checkpoint, remove_stale_temporaries, rng_state,
+                       set_rng_state, write_data_record)
 from samplers import ImageNoise
 from utils import UserError, check_writable_dir, get_device, save_text
 
@@ -152,8 +153,9 @@ def run_dirs(cfg):
 
 
 def prepare(cfg):
-    """Phase 1: the process group, the run folders (checked, not created) and the data set.
-    Returns a namespace that the later phases fill in."""
+    """Phase 1: the process group, the run folders (checked, not created) and the data set,
+    checked against the run folder's record when resuming. Returns a namespace that the later
+    phases fill in."""
     rank, world_size, device = setup_distributed()
     out_dir, pretrained_dir = run_dirs(cfg)
     if cfg.batch_size % world_size:
@@ -174,6 +176,9 @@ def prepare(cfg):
     if len(dataset) < cfg.batch_size:
         raise UserError(f'--batch_size {cfg.batch_size} is larger than the data set '
                         f'({len(dataset)} images); lower --batch_size')
+    data = data_identity(dataset, cfg.data_type, cfg.root, cfg.imb_factor, cfg.imb_type)
+    check_data_record(out_dir, data, cfg.resume,
+                      '--finetuned_logdir' if cfg.finetune else '--logdir', verbose=rank == 0)
     if rank == 0:
         counts = dataset.class_counts
         print(f'{cfg.data_type}: {len(dataset)} images, {dataset.num_class} classes, per-class '
@@ -184,7 +189,7 @@ def prepare(cfg):
     return types.SimpleNamespace(
         rank=rank, world_size=world_size, device=device, is_main=rank == 0, out_dir=out_dir,
         pretrained_dir=pretrained_dir, dataset=dataset, flip_batches=flip_batches,
-        num_class=dataset.num_class, last_grid=None)
+        num_class=dataset.num_class, data=data, last_grid=None)
 
 
 def build_state(cfg, run):
@@ -289,6 +294,7 @@ def build_loop(cfg, run, flags_text):
     if run.is_main:
         os.makedirs(os.path.join(run.out_dir, 'sample'), exist_ok=True)
         remove_stale_temporaries(run.out_dir)
+        write_data_record(run.out_dir, run.data)
         save_text(os.path.join(run.out_dir, 'flagfile.txt'), flags_text)
     model = run.net_model
     if run.world_size > 1:

@@ -25,13 +25,13 @@ import torch
 import dataset as D
 from recognition.data import evaluation_loader, synthetic_dataset
 from recognition.feature_aug import FEATURE_DIR, RESULT_DIR, prepare_feature_aug, run_feature_aug
-from recognition.loop import classifier_from_run, run_training
+from recognition.loop import check_training_data, classifier_from_run, run_training
 from recognition.losses import LongTailLoss
 from recognition.models import predict
 from recognition import translate
 from recognition.sources import (drawn_synthetic, fill_counts, generator_cfg, parse_fill,
                                  weights_sha256)
-from runfolder import remove_stale_temporaries
+from runfolder import remove_stale_temporaries, write_data_record
 from utils import UserError, check_writable_dir, get_device, save_text
 
 
@@ -155,9 +155,11 @@ def classify(cfg, flags_text):
     inputs = load_inputs(cfg, device)
     # --feature_aug: the feature stage's inputs are checked now too, before anything is written
     feature_stage = prepare_feature_aug(cfg, inputs) if cfg.feature_aug else None
+    data = check_training_data(cfg, inputs.real)  # a resume on other data: refused now
     # every input has been checked: only now touch the run folder
     os.makedirs(cfg.logdir, exist_ok=True)
     remove_stale_temporaries(cfg.logdir)
+    write_data_record(cfg.logdir, data)
     save_text(os.path.join(cfg.logdir, 'flagfile.txt'), flags_text)
     counts = inputs.real.class_counts
     print(f'{cfg.data_type}: {len(inputs.real)} training images, {inputs.num_class} classes, '

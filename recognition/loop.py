@@ -14,8 +14,8 @@ from recognition.losses import (LongTailLoss, counts_source, loss_settings, trai
                                 uses_cosine_head)
 from recognition.models import build_classifier
 from recognition.reports import GROUPS, accuracy_report, evaluate_and_report, test_results
-from runfolder import (StopRequest, load_kind_checkpoint, newest_loadable_checkpoint, rng_state,
-                       set_rng_state)
+from runfolder import (StopRequest, check_data_record, load_kind_checkpoint,
+                       newest_loadable_checkpoint, rng_state, set_rng_state)
 from utils import UserError
 
 
@@ -74,6 +74,16 @@ def build_criterion(cfg, inputs, gen_counts):
     counts = {'real': inputs.real.class_counts, 'generated': gen_counts,
               'real+generated': inputs.real.class_counts + gen_counts}[source]
     return LongTailLoss(cfg.cls_loss, counts, cfg.cls_drw_epoch, cfg.cls_la_tau), source
+
+
+def check_training_data(cfg, real):
+    """The identity of the real training set `real` (dataset.data_identity), checked against
+    the record of cfg.logdir before anything is written (runfolder.check_data_record): the
+    classifier, the filter classifier in LOGDIR/filter_real and the feature stage in
+    LOGDIR/feature_diffusion and LOGDIR/feature_aug all train on it."""
+    identity = D.data_identity(real, cfg.data_type, cfg.root, cfg.imb_factor, cfg.imb_type)
+    check_data_record(cfg.logdir, identity, cfg.resume)
+    return identity
 
 
 def check_resumable(path, ckpt, settings):
