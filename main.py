@@ -569,14 +569,14 @@ def namespace_of(flag_values):
 
 def config():
     """The flags as a plain namespace (what the other modules take), with `given` (see
-    namespace_of) and `read_flagfile` (another run's flags, see read_flagfile)."""
+    namespace_of) and `run_flags` (another run's flags, see run_flags)."""
     cfg = namespace_of(FLAGS)
     cfg.fid_cache_given = FLAGS['fid_cache'].present > 0
-    cfg.read_flagfile = read_flagfile
+    cfg.run_flags = run_flags
     return cfg
 
 
-def read_flagfile(path):
+def run_flags(path):
     """The flags that the flagfile `path` (e.g. another run's flagfile.txt) sets, parsed by
     absl as `main.py --flagfile=path` would parse them (nested flagfiles, --noX, multi-valued
     flags, the flags' domains), into a private copy of the flag definitions: FLAGS is untouched.
@@ -597,7 +597,9 @@ def flags_text():
 
 
 def run(argv):
-    del argv
+    if len(argv) > 1:  # absl passes on words that are not flags; they would be ignored silently
+        raise UserError(f'{" ".join(argv[1:])}: not a flag (flags start with --, e.g. '
+                        f'--imb_factor=0.5)')
     cfg = config()
     import evaluation
     import train

@@ -1,7 +1,9 @@
 """The classifier's training loop (LDAM-DRW's CIFAR protocol by default): SGD with momentum,
 linear warm-up, step decay at the milestones; exact resumption from the newest checkpoint of
 the run folder; SIGINT/SIGTERM save and stop."""
+import hashlib
 import os
+import sys
 
 import numpy as np
 import torch
@@ -14,6 +16,7 @@ from recognition.losses import (LongTailLoss, counts_source, loss_settings, trai
                                 uses_cosine_head)
 from recognition.models import build_classifier
 from recognition.reports import GROUPS, accuracy_report, evaluate_and_report, test_results
+from recognition.sources import array_sha256
 from runfolder import (StopRequest, check_data_record, load_kind_checkpoint,
                        newest_loadable_checkpoint, rng_state, set_rng_state)
 from utils import UserError
@@ -86,12 +89,26 @@ def check_training_data(cfg, real):
     return identity
 
 
+def synthetic_identity(synthetic):
+    """sha256 (hex) of the generated images and labels a classifier trains on (the `synthetic`
+    dict of classify: images, labels), None without them."""
+    if synthetic is None:
+        return None
+    return hashlib.sha256((array_sha256(synthetic['images'])
+                           + array_sha256(synthetic['labels'])).encode()).hexdigest()
+
+
 def check_resumable(path, ckpt, settings):
     """UserError unless the checkpoint was trained with `settings` (losses.training_settings:
-    the loss, its parameters, its counts, the re-sampling); a checkpoint written before
-    --cls_loss existed was plain cross-entropy without re-sampling."""
+    the loss, its parameters, its counts, the re-sampling; and synthetic_sha256, the generated
+    images and labels, None without them); a checkpoint written before --cls_loss existed was
+    plain cross-entropy without re-sampling and without generated images."""
     saved = ckpt.get('training') or dict(loss_settings('ce', 0, 1.0), loss_counts=None,
                                          resample=False)
+    if 'training' in ckpt and 'synthetic_sha256' not in saved:  # written before it was recorded
+        print(f'warning: {path} does not record its generated images; resuming without checking '
+              f'that they are the same', file=sys.stderr)
+        settings = {k: v for k, v in settings.items() if k != 'synthetic_sha256'}
     differ = [k for k in settings if saved.get(k) != settings[k]]
     if 'cls_loss' in differ:  # its parameters differ with it
         differ = [k for k in differ if k in ('cls_loss', 'resample')]
@@ -122,6 +139,9 @@ def run_training(cfg, inputs, synthetic, device):
     data, weight, gen_counts = build_training(cfg, inputs, synthetic)
     criterion, _ = build_criterion(cfg, inputs, gen_counts)
     settings = training_settings(cfg, int(gen_counts.sum()) > 0)
+    # the generated images trained on: a resume with another set (another --omega, another
+    # generator, another --synthetic file) would mix two sets in one classifier
+    settings['synthetic_sha256'] = synthetic_identity(synthetic)
     # --cls_resample: the real images (the first data.n_real items) are drawn class-balanced
     resample = data.targets[:data.n_real] if cfg.cls_resample and data.n_real else None
     torch.manual_seed(cfg.seed)

@@ -58,7 +58,7 @@ def generator_cfg(cfg):
     """The namespace of the generator run in --synthetic_logdir: cfg with the run's UNet and
     diffusion flags (MODEL_FLAGS), its sampling flags (SAMPLING_FLAGS) except those this command
     gives (cfg.given; listed in `sampling_given`), both read from the run's flagfile.txt by
-    absl's parser (cfg.read_flagfile), logdir = the run and ckpt_step = --ckpt_step when given,
+    absl's parser (cfg.run_flags), logdir = the run and ckpt_step = --ckpt_step when given,
     else the run's newest loadable checkpoint. Prints which checkpoint and settings it draws
     with. UserError (nothing written) when the folder is no training run, the run's images are
     of another size, it was trained on other data than cfg's (unless --synthetic_other_data)
@@ -68,7 +68,7 @@ def generator_cfg(cfg):
     if not os.path.isfile(path):
         raise UserError(f'--synthetic_logdir {folder}: {path} not found (not a training run '
                         f'folder of main.py --train)')
-    run = cfg.read_flagfile(path)
+    run = cfg.run_flags(path)
     check_generator_data(cfg, run, path)
     gen = copy.copy(cfg)
     for name in MODEL_FLAGS:

@@ -641,3 +641,21 @@ def test_bad_loss_flags_are_refused_before_anything_is_written(tmp_path):
                           '--cls_resample')):
         out = run_main(*DIGITS, *args, f'--logdir={logdir}')
         assert_user_error(out, logdir, needle)
+
+
+def test_a_resume_with_other_generated_images_is_refused(tmp_path):
+    """A run trained with one generated set neither resumes nor calls itself finished with
+    another (the two would be mixed in one classifier); the same set resumes."""
+    first = digits_pool_set(tmp_path, 'first', per_class_n=5)
+    other = digits_pool_set(tmp_path, 'other', per_class_n=5, shift=1)
+    logdir = tmp_path / 'run'
+    out = run_main(*DIGITS, '--cls_epochs=1', f'--synthetic={first}', f'--logdir={logdir}')
+    assert out.returncode == 0, out.stderr[-3000:]
+    for epochs in (1, 2):  # 'nothing to do' and a resume
+        again = run_main(*DIGITS, f'--cls_epochs={epochs}', f'--synthetic={other}',
+                         f'--logdir={logdir}')
+        lines = again.stderr.strip().splitlines()
+        assert again.returncode == 2 and len(lines) == 1 and 'synthetic_sha256' in lines[0]
+    assert len(records(logdir)) == 1
+    same = run_main(*DIGITS, '--cls_epochs=2', f'--synthetic={first}', f'--logdir={logdir}')
+    assert same.returncode == 0 and 'resuming from' in same.stdout, same.stderr[-3000:]

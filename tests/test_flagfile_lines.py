@@ -147,3 +147,13 @@ def test_same_values_multi_flags_and_nested_overrides_do_not_warn(tmp_path, caps
                  '--cls_milestones=4', '--cb', '--cb=true', '--imb_factor=0.5')
     main.expand_argv(['main.py', f'--flagfile={path}'])
     assert warnings_of(capsys) == []
+
+
+def test_a_word_on_the_command_line_that_is_not_a_flag_is_an_error(tmp_path):
+    """`main.py --train imb_factor=0.5` would train on the default --imb_factor."""
+    from helpers import TINY, run_main
+    logdir = tmp_path / 'run'
+    out = run_main('--train', *TINY, '--total_steps=1', f'--logdir={logdir}', 'imb_factor=0.5')
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and 'imb_factor=0.5: not a flag' in lines[0]
+    assert not logdir.exists()
