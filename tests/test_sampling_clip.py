@@ -13,12 +13,12 @@ from PIL import Image
 from diffusion import GaussianDiffusionSampler, linear_betas
 from evaluation import generate
 from factory import build_sampler
+from grids import draw_grid
 from helpers import TINY, fake_cifar10lt_with_stats, run_main
 from model import UNet
 from oracle import GaussianOracle
 from samplers import (RECOMMENDED, RECOMMENDED_SYNTHETIC, USE_DEFAULTS, ImageNoise,
                       make_scheduler, recommended, resolve)
-from grids import draw_grid
 
 SHAPE = (3, 2, 2)
 SAMPLERS = ('ddpm', 'ddim', 'dpm++2m', 'dpm++2m-sde', 'unipc')
