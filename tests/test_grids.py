@@ -63,3 +63,33 @@ def test_sample_grid_is_the_one_drawn_before_the_grid_helpers_moved(tmp_path, ki
     png = np.asarray(Image.open(f'{stem}.png').convert('RGB')).astype(int)
     assert png.shape == ref[f'{kind}_png'].shape  # rows x images per row, 8x8 shown at 64x64
     assert np.abs(png - ref[f'{kind}_png']).max() <= 1  # a rounding flip, no more
+
+
+def load(folder, *flags):
+    """load_ema_model of an unconditional ckpt_0.pt in `folder` with TINY + flags."""
+    from evaluation import class_counts_of, load_ema_model
+    from test_fidelity import make_cfg
+    cfg = make_cfg('--noconditional', '--sample_method=uncond', f'--logdir={folder}', *flags)
+    _, num_class, ckpt = load_ema_model(cfg, torch.device('cpu'))
+    return num_class, class_counts_of(cfg, ckpt)
+
+
+def test_classes_and_counts_are_read_from_the_checkpoint(tmp_path):
+    """An unconditional model's number of classes and the counts that label a grid's rows come
+    from what training recorded in the checkpoint: the data set of the flags is not read (here
+    it does not even exist)."""
+    counts = np.array([7, 5, 3], np.int64)
+    write_checkpoint(tmp_path, False, counts)
+    num_class, found = load(tmp_path, '--data_type=imagefolder', f'--root={tmp_path}/none')
+    assert num_class == 3 and found.tolist() == [7, 5, 3]
+
+
+def test_a_checkpoint_without_counts_counts_the_data_set(tmp_path):
+    """A checkpoint saved before the counts were recorded: the data set of the flags is counted
+    (TINY's digits-LT), and one that cannot be read is an error naming the flag."""
+    from utils import UserError
+    write_checkpoint(tmp_path, False)
+    num_class, found = load(tmp_path)
+    assert num_class == 10 and found.tolist() == digits_counts().tolist()
+    with pytest.raises(UserError, match='--root'):
+        load(tmp_path, '--data_type=imagefolder', f'--root={tmp_path}/none')
