@@ -8,8 +8,9 @@ A small CNN is trained (seeded, deterministic) on the full balanced scikit-learn
 images, 8x8, 3 channels in [-1, 1]); a seeded 20% is held out and its accuracy reported. The
 classifier is cached in LOG_ROOT/proxy_classifier.pt, reused while its seed and architecture
 match (arch_key: ARCH and a hash of the code of DigitNet and of its training, so that a cache of
-another network is retrained, never loaded into this one). For each sample set (float N x 3 x 8 x 8 in [0, 1]; labels from A_labels.npy beside
-A.npy, or NAME=A.npy,LABELS.npy) it computes
+another network is retrained, never loaded into this one). For each sample set (float
+N x 3 x 8 x 8 in [0, 1]; labels from A_labels.npy beside A.npy, or NAME=A.npy,LABELS.npy) it
+computes
 
   acc        fraction of samples the classifier assigns to their conditioning label
   precision, recall   improved precision / recall (k = 5, score.metrics) in the classifier's
@@ -162,8 +163,8 @@ def load_or_train(log_root, seed, x, y, log=print):
             log(f'classifier: cache {path} unreadable ({type(e).__name__}: {e}); retraining')
     model, test_acc = train_classifier(x, y, seed, log=log)
     os.makedirs(log_root, exist_ok=True)
-    save_torch({'arch': arch_key(), 'seed': seed, 'state': model.state_dict(), 'test_acc': test_acc},
-               path)
+    save_torch({'arch': arch_key(), 'seed': seed, 'state': model.state_dict(),
+                'test_acc': test_acc}, path)
     return model.eval(), test_acc
 
 
