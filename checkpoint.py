@@ -2,12 +2,15 @@
 
 A checkpoint `LOGDIR/ckpt_{step}.pt` is a dict with the reference's keys `net_model`,
 `ema_model`, `sched`, `optim`, `step`, `fixed_x_T`, plus ours: `rng` (all RNG states, for exact
-resumption), `scaler` (fp16 gradient scaler) and `fixed_y` (labels of the sample grid).
+resumption), `scaler` (fp16 gradient scaler), `fixed_y` (labels of the sample grid) and
+`class_counts` (training images per class, np.int64 [num_class]; absent from checkpoints written
+before it was recorded), so that sampling from a checkpoint needs no data set.
 """
 import glob
 import os
 import re
 
+import numpy as np
 import torch
 
 from utils import UserError, save_torch
@@ -58,6 +61,24 @@ def save_checkpoint(state, logdir, step, keep=0, protect=()):
             if old_step not in protect and old_path != path:
                 os.remove(old_path)
     return path
+
+
+def recorded_class_counts(ckpt):
+    """Training images per class (np.int64 [num_class]) recorded in the checkpoint dict, or None
+    for one written before they were recorded."""
+    counts = ckpt.get('class_counts')
+    return None if counts is None else np.asarray(counts, np.int64)
+
+
+def recorded_num_class(ckpt):
+    """The run's number of classes as its checkpoint dict records it: the rows of a conditional
+    model's label embedding, else the length of the recorded class counts; None when neither is
+    there (an unconditional model saved before the counts were recorded)."""
+    state = ckpt['ema_model']
+    if 'label_embedding.weight' in state:
+        return int(state['label_embedding.weight'].shape[0])
+    counts = recorded_class_counts(ckpt)
+    return None if counts is None else len(counts)
 
 
 def infer_flags(state_dict):

@@ -15,19 +15,19 @@ import glob
 import json
 import os
 import time
-import types
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from checkpoint import ckpt_path, load_checkpoint, load_model_state
+from checkpoint import (ckpt_path, load_checkpoint, load_model_state, recorded_class_counts,
+                        recorded_num_class)
 from dataset import build_dataset, build_reference_dataset, num_classes, reference_split
 from factory import build_model, build_sampler, sampler_settings
-from samplers import ImageNoise
-from train import grid_labels, sample_grid, setup_distributed
+from grids import draw_grid, grid_layout, grid_noise, save_grid_png
+from samplers import ImageNoise, default_settings
+from train import setup_distributed
 from utils import (UserError, append_jsonl, append_text, get_device, save_npy, save_npz,
                    save_text)
 
@@ -57,15 +57,13 @@ def check_flags(cfg):
 
 
 def settings_suffix(cfg, use):
-    """'' where `use` draws its images with its default sampler settings (samplers.USE_DEFAULTS),
-    the default variance and --seed 0, so that the seed README's --eval files keep the
-    reference's names; else '_' + what differs: the sampler settings' tag (e.g.
-    '_ddim50quad_eta1_clip'), '_fixedsmall', '_seed3'. Two sets drawn differently never share a
-    file name, so neither overwrites nor is mistaken for the other."""
+    """'' where `use` draws its images with its default sampler settings
+    (samplers.default_settings), the default variance and --seed 0, so that the seed README's
+    --eval files keep the reference's names; else '_' + what differs: the sampler settings' tag
+    (e.g. '_ddim50quad_eta1_clip'), '_fixedsmall', '_seed3'. Two sets drawn differently never
+    share a file name, so neither overwrites nor is mistaken for the other."""
     settings = sampler_settings(cfg, use)
-    default = sampler_settings(types.SimpleNamespace(
-        **{**vars(cfg), 'sampler': None, 'clip_denoised': None, 'spacing': 'auto',
-           'eta': 0.0}), use)
+    default = default_settings(use, skip_type=cfg.skip_type, T=cfg.T)
     parts = [] if settings.tag() == default.tag() else [settings.tag()]
     if cfg.var_type != 'fixedlarge' and settings.sampler == 'ddpm':
         parts.append(cfg.var_type)
@@ -128,9 +126,10 @@ def load_ema_model(cfg, device):
     if cfg.sample_method != 'uncond' and 'label_embedding.weight' not in state:
         raise UserError(f'--sample_method {cfg.sample_method}: checkpoint {path} is '
                         f'unconditional; use --sample_method uncond')
-    if 'label_embedding.weight' in state:
-        num_class = state['label_embedding.weight'].shape[0]
-    else:
+    num_class = recorded_num_class(ckpt)
+    if num_class is None:
+        # an unconditional model saved before checkpoints recorded the class counts: only the
+        # data set knows how many classes the run had
         num_class = num_classes(cfg.data_type, cfg.root, cfg.list_file)
     model = build_model(cfg, num_class)
     load_model_state(model, state, path)
@@ -185,31 +184,26 @@ def generate(sampler, num_images, batch_size, img_size, device, method, omega, s
 
 
 def save_visual(images, path):
-    grid = make_grid(torch.from_numpy(images[:256]), nrow=16, pad_value=1.0)
-    tmp = path + '.tmp.png'
-    save_image(grid, tmp)
-    os.replace(tmp, path)
+    """The first 256 of `images` (float N x 3 x H x W in [0, 1]) as a 16-wide PNG grid."""
+    save_grid_png(torch.from_numpy(np.asarray(images[:256])), 16, path, enlarge=False)
 
 
 # ---------------------------------------------------------------------------------------------
 # --sample
 
 def sample(cfg):
-    """A class-per-row grid of `sample_size` images and the samples as .npy (no metrics)."""
+    """A class-per-row grid of `sample_size` images and the samples as .npy (no metrics): the
+    run's training grid (the same noise and labels, grids.py) drawn from its checkpoint, the
+    rows labelled with the class counts the checkpoint recorded."""
     device = get_device()
+    stem = os.path.join(cfg.logdir, sample_stem(cfg))
     model, num_class, ckpt = load_ema_model(cfg, device)
     sampler = build_sampler(cfg, model, num_class, 'sample').to(device)
-    # the noise of the training grids (train.build_state): --sample redraws a run's grid
-    g = torch.Generator().manual_seed(cfg.seed)
-    x_T = torch.randn(cfg.sample_size, 3, cfg.img_size, cfg.img_size, generator=g)
-    if cfg.sample_method == 'uncond':
-        y, per_row = None, max(1, int(cfg.sample_size ** 0.5))
-    else:
-        y, per_row = grid_labels(num_class, cfg.sample_size)
-    stem = os.path.join(cfg.logdir, sample_stem(cfg))
-    images, labels = sample_grid(sampler, x_T.to(device), y, cfg.sample_method, cfg.omega, per_row,
-                                 stem + '.png', cfg.batch_size, cfg.seed)
-    written = [stem + '.png']
+    x_T = grid_noise(cfg.seed, cfg.sample_size, cfg.img_size)
+    labels, per_row = grid_layout(num_class, cfg.sample_size, cfg.sample_method != 'uncond')
+    images = draw_grid(sampler, x_T.to(device), labels, cfg.sample_method, cfg.omega,
+                       cfg.batch_size, cfg.seed)
+    written = [save_grid_png(images, per_row, stem + '.png')]
     if labels is not None:  # rows named by class and training count
         from score.plots import labelled_grid
         written.append(labelled_grid(images.numpy(), labels.numpy(), class_counts_of(cfg, ckpt),
@@ -307,9 +301,13 @@ def features_of(images, labels, files, cfg, device, reuse):
 
 
 def class_counts_of(cfg, ckpt):
-    """Training-set images per class: from the checkpoint, else from the data set, else None."""
-    if ckpt is not None and ckpt.get('class_counts') is not None:
-        return np.asarray(ckpt['class_counts'])
+    """Training-set images per class (np.int64 [num_class]): recorded in the checkpoint dict
+    `ckpt`, else from the data set, else None."""
+    counts = None if ckpt is None else recorded_class_counts(ckpt)
+    if counts is not None:
+        return counts
+    # no checkpoint (--sampled alone) or one saved before the counts were recorded: the data
+    # set of the flags is all there is to count
     try:
         return build_dataset(cfg.data_type, cfg.root, cfg.img_size, cfg.imb_factor, cfg.imb_type,
                              list_file=cfg.list_file).class_counts

@@ -57,31 +57,55 @@ def build_sampler(cfg, model, num_class, use):
                         f'--spacing, --eta') from None
 
 
+def compile_errors():
+    """The exception classes that mean "this model cannot be compiled here" in the installed
+    torch (2.14): a backend that failed (torch._dynamo.exc.BackendCompilerFailed, which
+    inductor's own failures, InductorError, subclass, and which wraps any error a backend
+    raises), a C++ / CUDA compiler that is missing or fails (torch._inductor.exc.CppCompileError,
+    InvalidCxxCompiler), Triton missing or the GPU too old for it (TritonMissing,
+    GPUTooOldForTriton, passed through unwrapped), an operator inductor cannot lower, and an
+    internal dynamo error. Anything else a compiled call raises (a wrong shape, out of memory, a
+    NaN check) is an error of the model or its inputs and must not be hidden by running eagerly.
+    Imported on first use: torch._dynamo takes seconds to import and only --compile needs it."""
+    import torch._dynamo.exc as dynamo_exc
+    import torch._inductor.exc as inductor_exc
+    return (dynamo_exc.BackendCompilerFailed, dynamo_exc.InternalTorchDynamoError,
+            inductor_exc.CppCompileError, inductor_exc.InvalidCxxCompiler,
+            inductor_exc.TritonMissing, inductor_exc.GPUTooOldForTriton,
+            inductor_exc.LoweringException, inductor_exc.MissingOperatorWithoutDecomp)
+
+
 class CompileFallback(torch.nn.Module):
-    """`torch.compile(model)`, falling back to the eager model with a warning when compiling
-    fails (no compiler toolchain, unsupported platform or operator). Compilation happens at the
-    first call, so that is where failures are caught."""
+    """`torch.compile(model)`, falling back to the eager model with a one-line warning naming the
+    error when compiling fails: torch.compile refuses the platform (a RuntimeError before
+    anything is run, e.g. an unsupported Python), or the first call fails to compile
+    (compile_errors()). Compilation happens at the first call, so that is where its failures are
+    caught; every other error of a call is raised as it is."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
         try:
             self.compiled = torch.compile(model)
-        except Exception as e:
+        except RuntimeError as e:  # torch.compile runs nothing yet: only the platform can fail
             self.compiled = None
             self.warn(e)
 
     @staticmethod
     def warn(error):
-        print(f'warning: --compile unavailable ({type(error).__name__}: '
-              f'{str(error).splitlines()[0][:200] if str(error) else ""}); running eagerly',
+        """One line on stderr: the error's class (and a backend's inner error) and message."""
+        inner = getattr(error, 'inner_exception', None)
+        name = type(error).__name__ + (f' / {type(inner).__name__}' if inner is not None else '')
+        text = str(inner if inner is not None else error).strip()
+        print(f'warning: --compile unavailable ({name}: '
+              f'{text.splitlines()[0][:200] if text else ""}); running eagerly',
               file=sys.stderr)
 
     def forward(self, *args, **kwargs):
         if self.compiled is not None:
             try:
                 return self.compiled(*args, **kwargs)
-            except Exception as e:
+            except compile_errors() as e:
                 self.compiled = None
                 self.warn(e)
         return self.model(*args, **kwargs)

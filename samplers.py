@@ -6,7 +6,10 @@ What the sampler of diffusion.py builds on:
   default of each use (--eval, the training grids, --sample, --classify's generated sets) for an
   unset --sampler / --clip_denoised; `--sampler auto` stands for `RECOMMENDED` (images to look
   at and to score) or `RECOMMENDED_SYNTHETIC` (generated training sets), `recommended(use)`
-  says which; `resolve` turns the flags and a use into one `SamplerSettings`.
+  says which; `resolve` turns the flags and a use into one `SamplerSettings`,
+  `default_settings(use)` is what a use draws with when no sampler flag is given. This is the
+  only place that decides a use's default: factory.sampler_settings and evaluation's file names
+  read it from here.
 - Noise: `ImageNoise` draws x_T and every step's noise image by image, each image from its own
   torch.Generator seeded from (seed, global image index), so that a sample is a pure function of
   (seed, index, label, settings), whatever the batch size or the batch it falls in.
@@ -142,8 +145,21 @@ class SamplerSettings:
         return name + ('_clip' if self.clip_denoised else '')
 
 
+# The values of the sampler flags that mean "not given" (main.py's defaults of --sampler,
+# --sample_steps, --spacing, --eta, --clip_denoised; tests/test_sampling_clip.py checks that they
+# agree): with them every use draws with its default, USE_DEFAULTS.
+UNSET_FLAGS = {'sampler': None, 'sample_steps': 50, 'spacing': 'auto', 'eta': 0.0,
+               'clip_denoised': None}
+
+
+def default_settings(use, skip_type='quad', T=None):
+    """The SamplerSettings of `use` when no sampler flag is given (UNSET_FLAGS): what a file name
+    leaves out (evaluation.settings_suffix names only what differs from them)."""
+    return resolve(**UNSET_FLAGS, use=use, skip_type=skip_type, T=T)
+
+
 def use_defaults_text():
-    """USE_DEFAULTS in words, for --help: 'eval: ddpm, grid: ddpm clipped, ...'."""
+    """USE_DEFAULTS in words, for --help: 'eval: ddpm, grid: auto clipped, ...'."""
     return ', '.join(f'{use}: {d["sampler"]}{" clipped" if d["clip_denoised"] else ""}'
                      for use, d in USE_DEFAULTS.items())
 

@@ -7,7 +7,6 @@ are saved in every checkpoint, so on CPU a resumed run reproduces the straight r
 """
 import copy
 import datetime
-import math
 import os
 import random
 import sys
@@ -17,7 +16,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
-from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from augment import AugmentPipe
@@ -25,13 +23,11 @@ from checkpoint import ckpt_path, load_checkpoint, load_model_state, save_checkp
 from dataset import build_dataset, data_identity, one_class_note
 from diffusion import EMA, GaussianDiffusionTrainer, autocast
 from factory import build_model, build_sampler, compile_model
+from grids import draw_grid, grid_layout, grid_noise, save_grid_png
 from runfolder import (StepBatchSampler, StopRequest, check_data_record,
                        newest_loadable_checkpoint, remove_stale_temporaries, rng_state,
                        set_rng_state, write_data_record)
-from samplers import ImageNoise
 from utils import UserError, check_writable_dir, get_device, save_text
-
-GRID_MAX_CLASSES = 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,52 +35,6 @@ GRID_MAX_CLASSES = 10
 
 def warmup_lambda(warmup):
     return lambda step: min(step, warmup) / warmup if warmup > 0 else 1.0
-
-
-def grid_labels(num_class, sample_size):
-    """Labels of a class-per-row sample grid: (labels int64 [sample_size], images per row).
-
-    Up to 10 classes spread evenly from the head (class 0) to the tail (class num_class - 1),
-    one row each, in that order; every image gets a label, so the last row may be shorter.
-    sample_size >= 1, num_class >= 1.
-    """
-    if sample_size < 1 or num_class < 1:
-        raise ValueError(f'grid_labels needs sample_size >= 1 and num_class >= 1, got '
-                         f'{sample_size}, {num_class}')
-    rows = min(GRID_MAX_CLASSES, num_class, sample_size)
-    per_row = -(-sample_size // rows)
-    rows = -(-sample_size // per_row)  # ceil twice: no row left empty
-    # linspace over [0, C - 1] with rows <= C points has steps >= 1, so the rounded classes differ
-    classes = np.round(np.linspace(0, num_class - 1, rows)).astype(np.int64)
-    labels = np.repeat(classes, per_row)[:sample_size]
-    return torch.from_numpy(labels), per_row
-
-
-def sample_grid(sampler, x_T, y, method, omega, nrow, path, batch_size, seed=0):
-    """Sample from x_T (labels y or None) in batches, save a grid (nrow per row) as PNG.
-    Image i's step noise comes from its own generator seeded from (seed, i) (ImageNoise), so
-    the grid does not depend on the batch size; the global RNG is forked besides, so grids
-    never change the training run's random stream. Returns (images N x 3 x H x W in [0, 1],
-    labels)."""
-    images = []
-    devices = [x_T.device] if x_T.device.type == 'cuda' else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for i in range(0, x_T.shape[0], batch_size):
-            x_b = x_T[i:i + batch_size]
-            yb = None if y is None else y[i:i + batch_size].to(x_T.device)
-            noise = ImageNoise(seed, range(i, i + x_b.shape[0]))
-            x, _ = sampler(x_b, omega=omega, method=method, y=yb, noise=noise)
-            images.append((x.float().cpu() + 1) / 2)
-    images = torch.cat(images)
-    grid = make_grid(images, nrow=nrow, pad_value=1.0)
-    scale = max(1, 64 // images.shape[-1])  # tiny images (digits 8x8) are hard to see
-    if scale > 1:
-        grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode='nearest')[0]
-    tmp = path + '.tmp.png'
-    save_image(grid, tmp)
-    os.replace(tmp, path)
-    return images, y
 
 
 def same_shape_or(saved, fresh):
@@ -203,11 +153,8 @@ def build_state(cfg, run):
     run.optim = torch.optim.Adam(run.net_model.parameters(), lr=cfg.lr)
     run.sched = torch.optim.lr_scheduler.LambdaLR(run.optim, lr_lambda=warmup_lambda(cfg.warmup))
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=(cfg.amp == 'fp16'))
-    g = torch.Generator().manual_seed(cfg.seed)
-    run.fixed_x_T = torch.randn(cfg.sample_size, 3, cfg.img_size, cfg.img_size, generator=g)
-    run.fixed_y, run.per_row = grid_labels(run.num_class, cfg.sample_size)
-    if not cfg.conditional:
-        run.fixed_y, run.per_row = None, int(math.sqrt(cfg.sample_size))
+    run.fixed_x_T = grid_noise(cfg.seed, cfg.sample_size, cfg.img_size)
+    run.fixed_y, run.per_row = grid_layout(run.num_class, cfg.sample_size, cfg.conditional)
 
 
 def warm_start_step(cfg):
@@ -346,9 +293,9 @@ def save_grid(cfg, run, step):
     """The EMA model's class-per-row grid of the fixed noise, as sample/{step}.png."""
     run.ema_model.eval()
     path = os.path.join(run.out_dir, 'sample', f'{step}.png')
-    sample_grid(run.sampler, run.fixed_x_T.to(run.device), run.fixed_y, grid_method(cfg),
-                cfg.omega, run.per_row, path, cfg.batch_size, cfg.seed)
-    run.last_grid = path
+    images = draw_grid(run.sampler, run.fixed_x_T.to(run.device), run.fixed_y, grid_method(cfg),
+                       cfg.omega, cfg.batch_size, cfg.seed)
+    run.last_grid = save_grid_png(images, run.per_row, path)
 
 
 def train_step(cfg, run, step):

@@ -4,7 +4,8 @@
   a 3x3 conv with 16 channels, 3 stages of 5 basic blocks (16, 32, 64 channels, strides 1, 2, 2),
   option-A shortcuts (stride-2 subsampling and zero-padded channels, no parameters), global
   average pooling and a linear layer; kaiming-normal init. 0.46M parameters for 10 classes.
-- `SmallCNN`: three conv layers for the 8x8 digits.
+- `SmallCNN`: three conv layers for the 8x8 digits. (The judge of generated digits,
+  scripts/proxy_eval.py's DigitNet, is another network on purpose: its docstring says why.)
 - torchvision ResNets (resnet18/34/50/..., resnext, wide_resnet) built with weights=None
   (random init; nothing is ever downloaded) for ImageNet-LT and iNaturalist.
 

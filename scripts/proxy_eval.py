@@ -6,9 +6,11 @@
 
 A small CNN is trained (seeded, deterministic) on the full balanced scikit-learn digits (1797
 images, 8x8, 3 channels in [-1, 1]); a seeded 20% is held out and its accuracy reported. The
-classifier is cached in LOG_ROOT/proxy_classifier.pt (reused while its seed and architecture
-match). For each sample set (float N x 3 x 8 x 8 in [0, 1]; labels from A_labels.npy beside
-A.npy, or NAME=A.npy,LABELS.npy) it computes
+classifier is cached in LOG_ROOT/proxy_classifier.pt, reused while its seed and architecture
+match (arch_key: ARCH and a hash of the code of DigitNet and of its training, so that a cache of
+another network is retrained, never loaded into this one). For each sample set (float
+N x 3 x 8 x 8 in [0, 1]; labels from A_labels.npy beside A.npy, or NAME=A.npy,LABELS.npy) it
+computes
 
   acc        fraction of samples the classifier assigns to their conditioning label
   precision, recall   improved precision / recall (k = 5, score.metrics) in the classifier's
@@ -21,6 +23,8 @@ per class, for the head (the 5 classes with most training images in digits-LT, 0
 head / tail / all; per model: acc, P, R) and writes it atomically to --out.
 """
 import argparse
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -39,7 +43,7 @@ from dataset import build_dataset, build_reference_dataset  # noqa: E402
 from score.metrics import improved_precision_recall  # noqa: E402
 from utils import UserError, run_script, save_text, save_torch  # noqa: E402
 
-ARCH = 'proxy-cnn-v1-e20'
+ARCH = 'proxy-cnn-v1'
 NUM_CLASS = 10
 IMG_SIZE = 8
 K = 5
@@ -48,7 +52,14 @@ CACHE_NAME = 'proxy_classifier.pt'
 
 class DigitNet(nn.Module):
     """3 x S x S -> 10 logits (S = img_size, a multiple of 4; 8 for the digits); `features` is
-    the 128-d penultimate layer (after ReLU)."""
+    the 128-d penultimate layer (after ReLU).
+
+    Not the recognition CNN (recognition.models.SmallCNN, --cls_arch cnn), on purpose: as a
+    judge, SmallCNN (batch norm, global average pooling) calls uniform noise a digit with
+    confidence, where this network stays unsure (MNIST pool at 16x16, 2 epochs, seed 0:
+    images of noise with top probability < 0.5: SmallCNN 0%, DigitNet 57%; real test digits
+    9% and 0.9%; accuracy 0.940 and 0.965), and scripts/set_diversity.py's 'unsure' column
+    relies on it."""
 
     def __init__(self, img_size=IMG_SIZE):
         super().__init__()
@@ -66,6 +77,14 @@ class DigitNet(nn.Module):
 
     def forward(self, x):
         return self.fc2(self.features(x))
+
+
+def arch_key(epochs=20):
+    """What identifies a trained judge besides its seed: ARCH, the epochs and a hash of the code
+    of its network and training (DigitNet, fit), so that a cache trained before either changed
+    is retrained, never loaded into the new network."""
+    code = inspect.getsource(DigitNet) + inspect.getsource(fit)
+    return f'{ARCH}-e{epochs}-{hashlib.sha256(code.encode()).hexdigest()[:12]}'
 
 
 def real_digits():
@@ -134,7 +153,7 @@ def load_or_train(log_root, seed, x, y, log=print):
     if os.path.isfile(path):
         try:
             ckpt = torch.load(path, map_location='cpu', weights_only=True)
-            if ckpt.get('arch') == ARCH and ckpt.get('seed') == seed:
+            if ckpt.get('arch') == arch_key() and ckpt.get('seed') == seed:
                 model = DigitNet()
                 model.load_state_dict(ckpt['state'])
                 log(f'classifier: cached {path}, held-out accuracy {ckpt["test_acc"]:.4f}')
@@ -144,8 +163,8 @@ def load_or_train(log_root, seed, x, y, log=print):
             log(f'classifier: cache {path} unreadable ({type(e).__name__}: {e}); retraining')
     model, test_acc = train_classifier(x, y, seed, log=log)
     os.makedirs(log_root, exist_ok=True)
-    save_torch({'arch': ARCH, 'seed': seed, 'state': model.state_dict(), 'test_acc': test_acc},
-               path)
+    save_torch({'arch': arch_key(), 'seed': seed, 'state': model.state_dict(),
+                'test_acc': test_acc}, path)
     return model.eval(), test_acc
 
 

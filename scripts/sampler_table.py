@@ -11,7 +11,8 @@ For each setting and seed the run's EMA model draws `10 x per_class` class-condi
 (cfg guidance with --omega, default the run's own; the same labels for every row, per-image
 seeded noise, so a seed draws the same initial noise in every row) through the project's own
 sampler (evaluation.generate), timed. A small CNN that never saw the generated images scores
-them (scripts/proxy_eval.py's network, trained once and cached in LOGDIR/sampler_table/):
+them (scripts/proxy_eval.py's network, trained once and cached in LOGDIR/sampler_table/,
+retrained when the code of the network or of its training changes):
 
 - digits-LT runs: trained on 80% of the 1,797 scikit-learn digits; real reference set: all of
   them (as scripts/sampler_digits.py and proxy_eval.py);
@@ -92,15 +93,18 @@ def judge(cfg, cache_dir, epochs=JUDGE_EPOCHS):
         return (torch.stack([ds[i][0] for i in range(len(ds))]),
                 torch.as_tensor(ds.targets, dtype=torch.int64))
     ref_x, ref_y = tensors(D.build_test_dataset(cfg.data_type, '', cfg.img_size))
+    arch = proxy_eval.arch_key(epochs)
     if os.path.isfile(path):
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        model = proxy_eval.DigitNet(cfg.img_size)
-        model.load_state_dict(ckpt['state'])
-        return model.eval(), float(ckpt['test_acc']), ref_x, ref_y
+        if ckpt.get('arch') == arch:
+            model = proxy_eval.DigitNet(cfg.img_size)
+            model.load_state_dict(ckpt['state'])
+            return model.eval(), float(ckpt['test_acc']), ref_x, ref_y
+        print(f'judge: {path} holds another network (or one trained by other code); retraining')
     train_x, train_y = tensors(D.build_dataset('mnist', '', cfg.img_size))
     model = proxy_eval.fit(train_x, train_y, 0, epochs).eval()
     acc = proxy_eval.accuracy(model, ref_x, ref_y)
-    save_torch({'state': model.state_dict(), 'test_acc': acc}, path)
+    save_torch({'arch': arch, 'state': model.state_dict(), 'test_acc': acc}, path)
     print(f'judge: trained on the {len(train_x)}-digit MNIST pool, test-split accuracy {acc:.4f}')
     return model, acc, ref_x, ref_y
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import TINY, fake_cifar10lt_with_stats, run_main
-from train import grid_labels
+from grids import grid_labels
 
 # fake CIFAR-10 with 12 images per class; long-tailed at 0.1: 12, 9, 7, 5, 4, 3, 2, 2, 1, 1
 GROUPS = ['--many_shot=5', '--few_shot=2']  # head: 3 classes, medium: 5, tail: 2

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from fakedata import write_cifar10, write_random_inception
 from helpers import ROOT, TINY, run_main
-from train import grid_labels
+from grids import grid_labels
 
 NAN, INF = float('nan'), float('inf')
 

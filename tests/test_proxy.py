@@ -141,3 +141,31 @@ def test_eval_rejects_unconditional_samples(tmp_path):
     assert not (tmp_path / 'proxy_classifier.pt').exists()
     r = run_eval(tmp_path, '--samples', f'U={tmp_path / "missing.npy"}')
     assert r.returncode == 2 and 'not found' in r.stderr
+
+
+def test_judge_cache_is_reused_only_for_the_same_network(tmp_path, monkeypatch):
+    """LOG_ROOT/proxy_classifier.pt is keyed by the seed and the judge's network and training
+    code: a cache written under the old key (same seed) is retrained, a cache of this network is
+    reused, and a change to the network's code retrains again instead of loading the old
+    weights into the new network."""
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    import torch
+    import proxy_eval
+    from utils import save_torch
+    x, y = proxy_eval.real_digits()
+    x, y = x[:40], y[:40]
+    save_torch({'arch': 'proxy-cnn-v1-e20', 'seed': 0, 'state': {}, 'test_acc': 0.5},
+               str(tmp_path / proxy_eval.CACHE_NAME))
+    logs = []
+    first, acc = proxy_eval.load_or_train(tmp_path, 0, x, y, log=logs.append)
+    assert 'another seed / architecture; retraining' in logs[0] and acc != 0.5
+    again, acc_again = proxy_eval.load_or_train(tmp_path, 0, x, y, log=logs.append)
+    assert logs[-1].startswith('classifier: cached') and acc_again == acc
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
+                                                 again.state_dict().values()))
+
+    class ChangedNet(proxy_eval.DigitNet):
+        """The network with other code (e.g. another layer)."""
+    monkeypatch.setattr(proxy_eval, 'DigitNet', ChangedNet)
+    proxy_eval.load_or_train(tmp_path, 0, x, y, log=logs.append)
+    assert 'retraining' in logs[-2] and not logs[-1].startswith('classifier: cached')

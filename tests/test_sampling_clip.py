@@ -13,12 +13,12 @@ from PIL import Image
 from diffusion import GaussianDiffusionSampler, linear_betas
 from evaluation import generate
 from factory import build_sampler
+from grids import draw_grid
 from helpers import TINY, fake_cifar10lt_with_stats, run_main
 from model import UNet
 from oracle import GaussianOracle
 from samplers import (RECOMMENDED, RECOMMENDED_SYNTHETIC, USE_DEFAULTS, ImageNoise,
                       make_scheduler, recommended, resolve)
-from train import sample_grid
 
 SHAPE = (3, 2, 2)
 SAMPLERS = ('ddpm', 'ddim', 'dpm++2m', 'dpm++2m-sde', 'unipc')
@@ -176,16 +176,15 @@ def test_generate_does_not_depend_on_the_batch_size(tiny_unet, sampler, eta):
     assert len(set(labels.tolist())) > 1
 
 
-def test_sample_grid_does_not_depend_on_the_batch_size(tiny_unet, tmp_path):
+def test_sample_grid_does_not_depend_on_the_batch_size(tiny_unet):
     gds = GaussianDiffusionSampler(tiny_unet, 1e-4, 0.02, 20, 5, img_size=8, clip_denoised=True)
     x_T = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 0, 2, 2, 4, 4])
     rng = torch.get_rng_state()
-    grids = [sample_grid(gds, x_T, y, 'cfg', 1.0, 2, str(tmp_path / f'{b}.png'), b, seed=1)[0]
-             for b in (2, 5)]
+    grids = [draw_grid(gds, x_T, y, 'cfg', 1.0, b, seed=1) for b in (2, 5)]
     assert (grids[0] - grids[1]).abs().max() < 1e-5  # float rounding of other batch sizes
     assert torch.equal(torch.get_rng_state(), rng)  # the training run's stream is untouched
-    other = sample_grid(gds, x_T, y, 'cfg', 1.0, 2, str(tmp_path / 'o.png'), 2, seed=2)[0]
+    other = draw_grid(gds, x_T, y, 'cfg', 1.0, 2, seed=2)
     assert not torch.equal(other, grids[0])  # DDPM's step noise comes from the seed
 
 

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from checkpoint import list_checkpoints, load_checkpoint
@@ -57,20 +58,55 @@ def test_ddp_two_cpu_processes_train_and_save(tmp_path):
     assert ckpt['step'] == 5
 
 
-def test_compile_falls_back_with_a_warning(monkeypatch, capsys):
+def test_compile_falls_back_on_compilation_errors_only(monkeypatch, capsys):
+    """--compile runs eagerly, with one line naming the error, when the model cannot be compiled
+    (a backend failing for want of a C++ compiler, as torch reports it); any other error of a
+    compiled call (here out of memory) is raised, not hidden by a silent eager rerun."""
     import factory
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InvalidCxxCompiler
 
-    def broken_compile(model):
-        def fail(*args, **kwargs):
-            raise RuntimeError('no compiler here')
-        return fail
+    def compiled_raising(error):
+        def compile_(model):
+            def call(*args, **kwargs):
+                raise error
+            return call
+        return compile_
 
-    monkeypatch.setattr(torch, 'compile', broken_compile)
+    def inductor(gm, example_inputs):
+        return gm
     net = UNet(T=50, ch=32, ch_mult=[1], attn=[], num_res_blocks=1, dropout=0.0, cond=True,
                num_class=3).eval()
-    wrapped = factory.compile_model(net)
     x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([1, 2]), torch.tensor([0, -1])
+    failed = BackendCompilerFailed(inductor, InvalidCxxCompiler(), None)
+    monkeypatch.setattr(torch, 'compile', compiled_raising(failed))
+    wrapped = factory.compile_model(net)
     assert torch.equal(wrapped(x, t, y), net(x, t, y))
-    assert 'warning: --compile unavailable (RuntimeError: no compiler here)' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith('warning: --compile unavailable (BackendCompilerFailed / '
+                          'InvalidCxxCompiler: No working C++ compiler found') and \
+        err.endswith('running eagerly\n') and err.count('\n') == 1, err
     assert torch.equal(wrapped(x, t, y), net(x, t, y))  # stays eager, warns once
     assert capsys.readouterr().err == ''
+
+    monkeypatch.setattr(torch, 'compile', compiled_raising(torch.OutOfMemoryError('no room')))
+    with pytest.raises(torch.OutOfMemoryError, match='no room'):
+        factory.compile_model(net)(x, t, y)
+    monkeypatch.setattr(torch, 'compile', compiled_raising(RuntimeError('shape mismatch')))
+    with pytest.raises(RuntimeError, match='shape mismatch'):
+        factory.compile_model(net)(x, t, y)
+    assert capsys.readouterr().err == ''
+
+
+def test_compile_refused_by_the_platform_runs_eagerly(monkeypatch, capsys):
+    import factory
+
+    def refuse(model):
+        raise RuntimeError('torch.compile is not supported on Python 3.15+')
+    monkeypatch.setattr(torch, 'compile', refuse)
+    net = torch.nn.Linear(4, 2)
+    x = torch.randn(3, 4)
+    assert torch.equal(factory.compile_model(net)(x), net(x))
+    assert capsys.readouterr().err == ('warning: --compile unavailable (RuntimeError: '
+                                       'torch.compile is not supported on Python 3.15+); '
+                                       'running eagerly\n')

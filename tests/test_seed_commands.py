@@ -153,7 +153,7 @@ def work(tmp_path_factory):
 
 def grid_shape(path):
     """(rows, columns) of a sample grid of 32 x 32 images: make_grid's 2-pixel padding, then
-    shown at twice the size (train.sample_grid enlarges images under 64 pixels)."""
+    shown at twice the size (grids.save_grid_png enlarges images under 64 pixels)."""
     width, height = Image.open(path).size
     return (height // 2 - 2) // 34, (width // 2 - 2) // 34
 
