@@ -65,7 +65,7 @@ def _build_cifar10lt_with_stats(tmp):
     out = run_main('--make_stats', '--data_type=cifar10lt', '--imb_factor=0.1',
                    f'--root={tmp}/data', '--img_size=8',
                    f'--fid_cache={tmp}/stats/cifar10.train.npz', '--batch_size=60',
-                   env={'TORCH_HOME': os.path.join(tmp, 'torch_home')})
+                   env={'TORCH_HOME': os.path.join(tmp, 'torch_home')}, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
 
 
