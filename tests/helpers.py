@@ -1,5 +1,7 @@
 """Running main.py as a user would, with a tiny model on the embedded digits data."""
 import os
+import pathlib
+import shutil
 import struct
 import subprocess
 import sys
@@ -25,20 +27,106 @@ def run_main(*args, timeout=300, env=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def shared_folder():
+    """The folder of this pytest run that every xdist worker sees (tests/conftest.py)."""
+    folder = os.environ.get('CBDM_TEST_SHARED')
+    assert folder, 'CBDM_TEST_SHARED is set by tests/conftest.py'
+    return folder
+
+
+def built_once(name, build):
+    """shared_folder()/name, made by `build(path)` once for the whole pytest run: the first
+    worker to ask builds it while holding a file lock, the others wait and reuse it. A build
+    that fails leaves nothing (the next one to ask tries again). Whoever changes what is in it
+    works on a copy (shutil.copytree), since other tests read it."""
+    from filelock import FileLock      # a dependency of torch: always installed with it
+    path = os.path.join(shared_folder(), name)
+    with FileLock(path + '.lock'):
+        if not os.path.exists(path + '.done'):
+            shutil.rmtree(path, ignore_errors=True)
+            try:
+                build(path)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+            open(path + '.done', 'w').close()
+    return path
+
+
+def random_inception_home(torch_home):
+    """Make `torch_home` a TORCH_HOME holding random FID Inception weights
+    (fakedata.write_random_inception), linked to one copy made once per pytest run."""
+    from fakedata import INCEPTION_WEIGHTS_NAME, write_random_inception
+    home = built_once('torch_home', write_random_inception)
+    folder = os.path.join(str(torch_home), 'hub', 'checkpoints')
+    os.makedirs(folder, exist_ok=True)
+    os.symlink(os.path.join(home, 'hub', 'checkpoints', INCEPTION_WEIGHTS_NAME),
+               os.path.join(folder, INCEPTION_WEIGHTS_NAME))
+    return torch_home
+
+
+def _build_cifar10lt_with_stats(tmp):
+    from fakedata import write_cifar10
+    write_cifar10(os.path.join(tmp, 'data'), per_class=12, test_per_class=1)
+    random_inception_home(os.path.join(tmp, 'torch_home'))
+    out = run_main('--make_stats', '--data_type=cifar10lt', '--imb_factor=0.1',
+                   f'--root={tmp}/data', '--img_size=8',
+                   f'--fid_cache={tmp}/stats/cifar10.train.npz', '--batch_size=60',
+                   env={'TORCH_HOME': os.path.join(tmp, 'torch_home')}, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 def fake_cifar10lt_with_stats(tmp):
     """Fake CIFAR-10 on disk at tmp/data (12 training images per class, 1 test image), random
     Inception weights under tmp/torch_home and their FID statistics of the training set at
     tmp/stats/cifar10.train.npz: (the data flags of a cifar10lt run at imbalance 0.1 and 8x8,
-    12, 9, 7, 5, 4, 3, 2, 2, 1, 1 images per class; the environment that finds the weights)."""
-    from fakedata import write_cifar10, write_random_inception
-    write_cifar10(str(tmp / 'data'), per_class=12, test_per_class=1)
-    write_random_inception(tmp / 'torch_home')
+    12, 9, 7, 5, 4, 3, 2, 2, 1, 1 images per class; the environment that finds the weights).
+    Made once per pytest run: tmp/data and tmp/torch_home link to the shared copy, tmp/stats
+    is a copy of its own."""
+    shared = built_once('cifar10lt_stats', _build_cifar10lt_with_stats)
+    for name in ('data', 'torch_home'):
+        os.symlink(os.path.join(shared, name), tmp / name)
+    shutil.copytree(os.path.join(shared, 'stats'), tmp / 'stats')
     env = {'TORCH_HOME': str(tmp / 'torch_home')}
     data = ['--data_type=cifar10lt', '--imb_factor=0.1', f'--root={tmp}/data', '--img_size=8']
-    out = run_main('--make_stats', *data, f'--fid_cache={tmp}/stats/cifar10.train.npz',
-                   '--batch_size=60', env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
     return data, env
+
+
+def trained_once(name, *args):
+    """The run folder of `main.py --train ARGS --logdir=.../name/run`, trained once per pytest
+    run and shared (its name is `run`, as a test's own would be): read it (as
+    --synthetic_logdir, for errors that must leave it alone), or copy_run it before writing
+    into it."""
+    def build(path):
+        out = run_main('--train', *args, f'--logdir={path}/run')
+        assert out.returncode == 0, out.stderr[-3000:]
+    return pathlib.Path(built_once(name, build)) / 'run'
+
+
+def tiny_cfg_run():
+    """TINY conditional DDPM with classifier-free guidance trained 2 steps, ckpt_0 and ckpt_1
+    saved, no grid: the generator of many tests (shared: copy_run it to write into it)."""
+    return trained_once('tiny_cfg', *TINY, '--conditional', '--cfg', '--total_steps=2',
+                        '--save_step=1', '--sample_step=0')
+
+
+def tiny_cfg_t20_run():
+    """tiny_cfg_run with T 20 (shared: copy_run it to write into it)."""
+    return trained_once('tiny_cfg_t20', *TINY, '--T=20', '--conditional', '--cfg',
+                        '--total_steps=2', '--save_step=1', '--sample_step=0')
+
+
+def copy_run(run, dest):
+    """A copy of the run folder `run` at `dest` whose flagfile.txt names `dest` as --logdir
+    (so that `--flagfile DEST/flagfile.txt` writes into the copy)."""
+    shutil.copytree(run, dest)
+    path = os.path.join(dest, 'flagfile.txt')
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    with open(path, 'w') as f:
+        f.writelines(f'--logdir={dest}\n' if line.startswith('--logdir=') else line
+                     for line in lines)
+    return dest
 
 
 def popen_main(*args):

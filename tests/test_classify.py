@@ -22,7 +22,7 @@ import recognition.sources as RS
 import runfolder
 import dataset as D
 from fakedata import write_cifar10
-from helpers import ROOT, TINY, popen_main, run_main
+from helpers import ROOT, popen_main, run_main, tiny_cfg_run
 from utils import UserError
 
 DIGITS = ['--flagfile', os.path.join(ROOT, 'config', 'classify_digitslt.txt')]
@@ -310,12 +310,9 @@ def test_filter_trains_its_real_data_classifier_first(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def diffusion_run(tmp_path_factory):
-    logdir = tmp_path_factory.mktemp('ddpm') / 'run'
-    out = run_main('--train', *TINY, '--conditional', '--cfg', '--total_steps=2', '--save_step=1',
-                   '--sample_step=0', f'--logdir={logdir}')
-    assert out.returncode == 0, out.stderr[-3000:]
-    return logdir
+def diffusion_run():
+    """The shared tiny conditional run (ckpt_1): read only."""
+    return tiny_cfg_run()
 
 
 def test_fill_from_a_diffusion_run(tmp_path, diffusion_run):

@@ -391,7 +391,7 @@ def test_imagefolder_errors(image_folders, tmp_path):
 
 
 def test_imagefolder_classify_and_make_stats_end_to_end(image_folders, tmp_path):
-    from fakedata import write_random_inception
+    from helpers import random_inception_home
     from helpers import run_main
     train, test = image_folders
     data = ['--data_type=imagefolder', f'--root={train}', '--img_size=8']
@@ -408,7 +408,7 @@ def test_imagefolder_classify_and_make_stats_end_to_end(image_folders, tmp_path)
     assert rec['root'] == train and rec['test_root'] == test
     rows = (logdir / 'per_class.csv').read_text().splitlines()[1:]
     assert [int(r.split(',')[1]) for r in rows] == [3, 5, 1]
-    write_random_inception(tmp_path / 'torch_home')
+    random_inception_home(tmp_path / 'torch_home')
     cache = tmp_path / 'stats' / 'folder.test.npz'
     out = run_main('--make_stats', *data, f'--test_root={test}', '--ref_split=test',
                    f'--fid_cache={cache}', '--batch_size=6', '--num_workers=0',

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fakedata import write_cifar10
-from helpers import TINY, run_main
+from helpers import TINY, run_main, tiny_cfg_run
 
 
 def snapshot(folder):
@@ -30,12 +30,9 @@ def fails(*args, expect, watch=()):
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-    logdir = tmp_path_factory.mktemp('err') / 'run'
-    out = run_main('--train', *TINY, '--conditional', '--cfg', '--total_steps=2', '--save_step=1',
-                   '--sample_step=0', f'--logdir={logdir}')
-    assert out.returncode == 0, out.stderr[-2000:]
-    return logdir
+def run():
+    """The shared tiny conditional run (ckpt_1): every test here leaves it alone."""
+    return tiny_cfg_run()
 
 
 @pytest.fixture(scope='module')

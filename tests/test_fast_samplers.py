@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffusion import GaussianDiffusionSampler, GaussianDiffusionTrainer, linear_betas
-from helpers import ROOT, TINY, run_main
+from helpers import ROOT, copy_run, run_main, tiny_cfg_run
 from model import UNet
 from oracle import GaussianOracle
 from samplers import ImageNoise, SPACINGS, make_scheduler, set_timesteps, solve
@@ -308,10 +308,7 @@ def test_schedulers_need_no_network():
 
 # --- command line -----------------------------------------------------------------------------
 def test_cli_sample_with_fast_samplers(tmp_path):
-    logdir = tmp_path / 'run'
-    out = run_main('--train', *TINY, '--conditional', '--cfg', '--total_steps=2', '--save_step=0',
-                   '--sample_step=0', f'--logdir={logdir}')
-    assert out.returncode == 0, out.stderr[-3000:]
+    logdir = copy_run(tiny_cfg_run(), tmp_path / 'run')     # TINY, --cfg, 2 steps
     # the files are named after the sampler settings (--sample's default clips)
     for sampler_flags, tag in ((['--sampler=dpm++2m', '--sample_steps=5'], 'dpm++2m5lu_clip'),
                                (['--sampler=unipc'], 'unipc50exponential_clip'),

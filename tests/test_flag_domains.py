@@ -22,9 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fakedata import write_cifar10, write_random_inception
-from helpers import ROOT, TINY, run_main
 from grids import grid_labels
+from helpers import ROOT, TINY, fake_cifar10lt_with_stats, run_main
 
 NAN, INF = float('nan'), float('inf')
 
@@ -203,14 +202,8 @@ def world(tmp_path_factory):
     """A trained tiny conditional run (for --sample, --eval and --synthetic_logdir), tiny FID
     statistics with random Inception weights, and a small saved 'generated' digits set."""
     tmp = tmp_path_factory.mktemp('domains')
-    write_cifar10(str(tmp / 'data'), per_class=6, test_per_class=1)
-    write_random_inception(tmp / 'torch_home')
-    env = {'TORCH_HOME': str(tmp / 'torch_home')}
+    _, env = fake_cifar10lt_with_stats(tmp)             # made once per pytest run
     stats = tmp / 'stats' / 'cifar10.train.npz'
-    code, err = main_in_process('--make_stats', '--data_type=cifar10', f'--root={tmp}/data',
-                                '--img_size=8', f'--fid_cache={stats}', '--batch_size=60',
-                                env=env)
-    assert code == 0, err[-2000:]
     run = tmp / 'run'
     code, err = main_in_process('--train', *TRAIN, '--sample_step=0', f'--logdir={run}')
     assert code == 0, err[-2000:]

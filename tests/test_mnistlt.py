@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from fakedata import write_random_inception
+from helpers import random_inception_home
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, 'README.md')).read()
@@ -76,7 +76,7 @@ def work(tmp_path_factory):
     weights where pytorch-fid keeps them, and the two diffusion runs trained."""
     tmp = tmp_path_factory.mktemp('mnistlt')
     os.symlink(os.path.join(ROOT, 'config'), tmp / 'config')
-    write_random_inception(tmp / 'torch_home')
+    random_inception_home(tmp / 'torch_home')
     env = {'TORCH_HOME': str(tmp / 'torch_home')}
     run_as_written(tmp, COMMANDS[0], env)                                   # CBDM
     run_as_written(tmp, command('python main.py --train --flagfile config/mnistlt.txt --cfg'),

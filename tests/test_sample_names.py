@@ -2,13 +2,13 @@
 that two evaluations with different samplers never overwrite each other and a generated
 training set is reused only when the same flags would draw it again."""
 import json
+import os
 import re
 
 import numpy as np
 import pytest
 
-from fakedata import write_cifar10, write_random_inception
-from helpers import ROOT, TINY, run_main
+from helpers import ROOT, copy_run, fake_cifar10lt_with_stats, run_main, tiny_cfg_t20_run
 
 DIGITS = ['--flagfile', f'{ROOT}/config/classify_digitslt.txt', '--cls_epochs=1',
           '--cls_eval_every=0']
@@ -16,17 +16,13 @@ DIGITS = ['--flagfile', f'{ROOT}/config/classify_digitslt.txt', '--cls_epochs=1'
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
+    """FID statistics of fake CIFAR-10 at tmp/stats/c10.npz and a copy of the shared T-20
+    conditional run at tmp/run (both made once per pytest run)."""
     tmp = tmp_path_factory.mktemp('names')
-    write_cifar10(str(tmp / 'data'), per_class=6, test_per_class=1)
-    write_random_inception(tmp / 'torch_home')
-    env = {'TORCH_HOME': str(tmp / 'torch_home')}
-    out = run_main('--make_stats', '--data_type=cifar10', f'--root={tmp}/data', '--img_size=8',
-                   f'--fid_cache={tmp}/stats/c10.npz', '--batch_size=60', env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    logdir = tmp / 'run'
-    out = run_main('--train', *TINY, '--T=20', '--conditional', '--cfg', '--total_steps=2',
-                   '--save_step=1', '--sample_step=0', f'--logdir={logdir}')
-    assert out.returncode == 0, out.stderr[-3000:]
+    _, env = fake_cifar10lt_with_stats(tmp)
+    for suffix in ('', '_feats'):
+        os.rename(tmp / 'stats' / f'cifar10.train{suffix}.npz', tmp / 'stats' / f'c10{suffix}.npz')
+    logdir = copy_run(tiny_cfg_t20_run(), tmp / 'run')
     return tmp, logdir, env
 
 

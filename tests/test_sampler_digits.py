@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from helpers import ROOT, TINY, run_main
+from helpers import ROOT, copy_run, tiny_cfg_t20_run
 
 
 def table_rows(logdir):
@@ -12,10 +12,7 @@ def table_rows(logdir):
 
 
 def test_sampler_digits_table(tmp_path):
-    logdir = tmp_path / 'run'
-    out = run_main('--train', *TINY, '--T=20', '--conditional', '--cfg', '--total_steps=2',
-                   '--save_step=1', '--sample_step=0', f'--logdir={logdir}')
-    assert out.returncode == 0, out.stderr[-2000:]
+    logdir = copy_run(tiny_cfg_t20_run(), tmp_path / 'run')     # TINY, T 20, --cfg, 2 steps
     cmd = [sys.executable, os.path.join(ROOT, 'scripts', 'sampler_digits.py'), f'--logdir={logdir}',
            '--ckpt_step=1', '--per_class=6', '--steps=2,4', '--samplers=dpm++2m',
            '--stochastic_ddim', '--batch_size=30']

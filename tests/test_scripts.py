@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from helpers import parse_flags
-from fakedata import write_cifar10, write_random_inception
+from helpers import parse_flags, random_inception_home
+from fakedata import write_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, 'scripts')
@@ -223,7 +223,7 @@ def test_finetune_needs_ddpm_checkpoint(tmp_path):
 def torch_home(tmp_path_factory):
     """A TORCH_HOME whose hub cache holds random FID Inception weights."""
     home = tmp_path_factory.mktemp('torch_home')
-    write_random_inception(home)
+    random_inception_home(home)
     return home
 
 

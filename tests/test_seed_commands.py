@@ -4,7 +4,7 @@ Each command is the seed README's text (also in our README), run from a folder l
 README assumes (./config, ./stats, ./logs), changed only by appended overrides that shrink the
 model (ch 32, two levels, one res block), T (4), the step counts (divided by 100,000 and
 rounded up, so the checkpoints the evaluation commands name exist: step 200,000 -> 2, 250,000 -> 3),
---num_images (100) and --root
+--num_images (20: EVAL_IMAGES) and --root
 (tiny CIFAR-100 files in the real format). --parallel, the flagfile and --batch_size stay.
 
 Beyond the files each command writes, the tests check that its switches did something: --cb
@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 
 from checkpoint import load_checkpoint
-from fakedata import write_cifar100, write_random_inception
-from helpers import event_scalars
+from fakedata import write_cifar100
+from helpers import event_scalars, random_inception_home
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_README = os.path.join(ROOT, 'tests', 'data', 'seed_readme.md')
@@ -84,6 +84,7 @@ EVALS = {
     'cifar100lt_ltdm_finetune': eval_command('cifar100lt_ltdm_finetune', 250000, 512, 2.0),
 }
 SCALE = 100000
+EVAL_IMAGES = 20      # generated images an evaluation command draws and scores
 SHRINK = ['--root', 'data', '--ch', '32', '--ch_mult', '1', '--ch_mult', '2',
           '--num_res_blocks', '1', '--T', '4']
 
@@ -102,7 +103,7 @@ def scaled(command):
             n = int(values[flag])
             extra += [flag, str(n // SCALE + (n % SCALE > 0))]
     if '--eval' in command:
-        extra += ['--num_images', '100']
+        extra += ['--num_images', str(EVAL_IMAGES)]
     return extra
 
 
@@ -136,7 +137,7 @@ def work(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('seed')
     os.symlink(os.path.join(ROOT, 'config'), tmp / 'config')
     images, labels = write_cifar100(str(tmp / 'data'), per_class=100)
-    write_random_inception(tmp / 'torch_home')
+    random_inception_home(tmp / 'torch_home')
     env = {'TORCH_HOME': str(tmp / 'torch_home')}
     keep = np.concatenate([np.flatnonzero(labels == c)[:1] for c in range(100)])
     np.save(tmp / 'ref_images.npy', images[keep])
@@ -237,14 +238,14 @@ def test_evaluation_commands(trained, run):
     values, _ = flag_values(tokens(EVALS[run]))
     step = -(-int(values['--ckpt_step']) // SCALE)
     record = json.loads((logdir / 'eval.jsonl').read_text().splitlines()[-1])
-    assert record['ckpt_step'] == step and record['num_images'] == 100
+    assert record['ckpt_step'] == step and record['num_images'] == EVAL_IMAGES
     assert record['omega'] == float(values['--omega']) and record['sample_method'] == 'cfg'
     assert record['inception_precision'] == 'fp32'
     assert np.isfinite(record['FID']) and record['FID'] > 0 and record['IS'] >= 1
     assert 0 <= record['precision'] <= 1 and 0 <= record['recall'] <= 1
-    name = f'saved_N100_STEP{step}'
+    name = f'saved_N{EVAL_IMAGES}_STEP{step}'
     labels = np.load(logdir / f'cfg_{values["--omega"]}_labels_ema_{name}.npy')
-    assert labels.shape == (100,) and 0 <= labels.min() and labels.max() < 100
+    assert labels.shape == (EVAL_IMAGES,) and 0 <= labels.min() and labels.max() < 100
     with open(logdir / f'per_class_ema_cfg_{values["--omega"]}_{name}.csv') as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 100 and all(r['n_real'] == '1' for r in rows)
