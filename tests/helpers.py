@@ -129,6 +129,41 @@ def copy_run(run, dest):
     return dest
 
 
+def run_main_in_process(*args, env=None):
+    """`python main.py ARGS` through main.main() in this process, for commands that must fail
+    before any work (a process start costs seconds of importing torch): a CompletedProcess with
+    the exit status, stdout and stderr (an uncaught exception as its traceback, status 1). The
+    flags, sys.argv, the environment and the working directory are restored afterwards."""
+    import contextlib
+    import io
+    import traceback
+    from absl import flags
+    import main
+    old_argv, old_env, old_cwd = sys.argv, dict(os.environ), os.getcwd()
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        os.environ.update(env or {})
+        os.chdir(ROOT)
+        flags.FLAGS.unparse_flags()
+        sys.argv = ['main.py', *map(str, args)]
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                main.main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        flags.FLAGS.unparse_flags()
+        sys.argv = old_argv
+        os.environ.clear()
+        os.environ.update(old_env)
+        os.chdir(old_cwd)
+    return subprocess.CompletedProcess(['main.py', *map(str, args)], code, out.getvalue(),
+                                       err.getvalue())
+
+
 def popen_main(*args):
     return subprocess.Popen([sys.executable, 'main.py', *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

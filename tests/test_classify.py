@@ -22,7 +22,7 @@ import recognition.sources as RS
 import runfolder
 import dataset as D
 from fakedata import write_cifar10
-from helpers import ROOT, popen_main, run_main, tiny_cfg_run
+from helpers import ROOT, popen_main, run_main, run_main_in_process, tiny_cfg_run
 from utils import UserError
 
 DIGITS = ['--flagfile', os.path.join(ROOT, 'config', 'classify_digitslt.txt')]
@@ -379,29 +379,29 @@ def assert_user_error(out, logdir, *needles):
 def test_bad_synthetic_sets(tmp_path):
     for name, (path, msg) in bad_sets(tmp_path).items():
         logdir = tmp_path / f'run_{name}'
-        out = run_main(*DIGITS, '--cls_epochs=1', f'--synthetic={path}', f'--logdir={logdir}')
+        out = run_main_in_process(*DIGITS, '--cls_epochs=1', f'--synthetic={path}', f'--logdir={logdir}')
         assert_user_error(out, logdir, path.stem, msg)
 
 
 def test_bad_sources_and_missing_test_split(tmp_path):
     logdir = tmp_path / 'run'
-    out = run_main(*DIGITS, '--synthetic_only', f'--logdir={logdir}')
+    out = run_main_in_process(*DIGITS, '--synthetic_only', f'--logdir={logdir}')
     assert_user_error(out, logdir, '--synthetic_only needs generated images')
-    out = run_main(*DIGITS, f'--synthetic_logdir={tmp_path}', '--ckpt_step=5', f'--logdir={logdir}')
+    out = run_main_in_process(*DIGITS, f'--synthetic_logdir={tmp_path}', '--ckpt_step=5', f'--logdir={logdir}')
     assert_user_error(out, logdir, 'flagfile.txt not found')
-    out = run_main(*DIGITS, '--synthetic_filter', f'--synthetic={tmp_path / "x.npy"}',
+    out = run_main_in_process(*DIGITS, '--synthetic_filter', f'--synthetic={tmp_path / "x.npy"}',
                    f'--filter_logdir={tmp_path}', f'--logdir={logdir}')
     assert_user_error(out, logdir, 'x.npy')
     root = tmp_path / 'data'
     write_cifar10(str(root), per_class=5, test_per_class=1)
     (root / 'cifar-10-batches-py' / 'test_batch').unlink()
-    out = run_main('--flagfile', os.path.join(ROOT, 'config', 'classify_cifar10lt.txt'),
+    out = run_main_in_process('--flagfile', os.path.join(ROOT, 'config', 'classify_cifar10lt.txt'),
                    f'--root={root}', '--imb_factor=0.5', f'--logdir={logdir}')  # no empty class
     assert_user_error(out, logdir, 'test_batch')
     lists = tmp_path / 'imagenet'
     lines = _write_image_lists(lists)
     (lists / 'ImageNet_LT_train.txt').write_text(''.join(f'{p} {c}\n' for p, c in lines['train']))
-    out = run_main('--flagfile', os.path.join(ROOT, 'config', 'classify_imagenetlt.txt'),
+    out = run_main_in_process('--flagfile', os.path.join(ROOT, 'config', 'classify_imagenetlt.txt'),
                    f'--root={lists}', f'--logdir={logdir}')
     assert_user_error(out, logdir, 'ImageNet_LT_test.txt not found')
 
@@ -636,7 +636,7 @@ def test_bad_loss_flags_are_refused_before_anything_is_written(tmp_path):
                          (['--cls_la_tau=-0.5'], '--cls_la_tau'),
                          (['--cls_resample', '--synthetic_only', '--synthetic=x.npy'],
                           '--cls_resample')):
-        out = run_main(*DIGITS, *args, f'--logdir={logdir}')
+        out = run_main_in_process(*DIGITS, *args, f'--logdir={logdir}')
         assert_user_error(out, logdir, needle)
 
 

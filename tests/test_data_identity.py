@@ -12,7 +12,7 @@ import pytest
 
 import dataset as D
 import runfolder
-from helpers import ROOT, TINY, run_main
+from helpers import ROOT, TINY, run_main, run_main_in_process
 from utils import UserError
 
 DIGITS = ['--flagfile', os.path.join(ROOT, 'config', 'classify_digitslt.txt')]
@@ -129,7 +129,7 @@ def test_training_refuses_to_resume_on_other_data(tmp_path):
     flagfile = (logdir / 'flagfile.txt').read_text()
     # interrupted (or finished) and rerun on another long-tail draw: refused, nothing written
     for steps in (3, 2):
-        out = run_main(*tiny, f'--total_steps={steps}', '--imb_factor=0.5')
+        out = run_main_in_process(*tiny, f'--total_steps={steps}', '--imb_factor=0.5')
         assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
         assert len(errors(out)) == 1 and 'imb_factor 0.1' in errors(out)[0], out.stderr
         assert 'nothing to do' not in out.stdout
@@ -149,7 +149,7 @@ def test_training_refuses_to_resume_on_other_data(tmp_path):
     out = run_main(*ft, '--total_steps=1')
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / 'ft' / 'data.json').read_text()) == record
-    out = run_main(*ft, '--total_steps=2', '--imb_factor=0.5')
+    out = run_main_in_process(*ft, '--total_steps=2', '--imb_factor=0.5')
     assert out.returncode == 2 and len(errors(out)) == 1, out.stderr[-3000:]
     assert '--finetuned_logdir' in errors(out)[0] and 'imb_factor' in errors(out)[0]
     # --noresume starts over on the new data
@@ -172,7 +172,7 @@ def test_classifier_refuses_to_resume_on_other_data(tmp_path):
     flagfile = (logdir / 'flagfile.txt').read_text()
     # finished ("nothing to do") and unfinished (resume) on another draw: both refused
     for epochs in (1, 2):
-        out = run_main(*args, f'--cls_epochs={epochs}', '--imb_factor=0.5')
+        out = run_main_in_process(*args, f'--cls_epochs={epochs}', '--imb_factor=0.5')
         assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
         assert len(errors(out)) == 1 and 'imb_factor 0.1' in errors(out)[0], out.stderr
         assert 'nothing to do' not in out.stdout
@@ -191,6 +191,6 @@ def test_classifier_refuses_an_image_folder_whose_files_changed(tmp_path):
     out = run_main(*args)
     assert out.returncode == 0, out.stderr[-3000:]
     image_folder(tmp_path / 'train', {'b': [10]})  # b/0.png replaced: same names and counts
-    out = run_main(*args)
+    out = run_main_in_process(*args)
     assert out.returncode == 2 and len(errors(out)) == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert 'items_sha256' in errors(out)[0] and 'nothing to do' not in out.stdout

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fakedata import write_cifar10
-from helpers import TINY, run_main, tiny_cfg_run
+from helpers import TINY, run_main, run_main_in_process, tiny_cfg_run
 
 
 def snapshot(folder):
@@ -19,7 +19,7 @@ def fails(*args, expect, watch=()):
     """Run main.py, assert a one-line error containing every string of `expect` and that the
     folders in `watch` did not change."""
     before = [snapshot(str(w)) for w in watch]
-    out = run_main(*args)
+    out = run_main_in_process(*args)
     assert out.returncode != 0
     assert 'Traceback' not in out.stderr, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]

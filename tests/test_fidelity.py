@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from checkpoint import list_checkpoints, load_checkpoint
-from helpers import TINY, fake_cifar10lt_with_stats, run_main
+from helpers import TINY, fake_cifar10lt_with_stats, run_main, run_main_in_process
 from utils import UserError
 
 WARNING = 'warning: ignoring flags of the public CBDM code'
@@ -92,7 +92,7 @@ def test_public_only_flags_are_not_ours():
     assert not set(main.PUBLIC_ONLY_FLAGS) & set(flags.FLAGS)
     public = set(public_flag_values())
     assert set(main.PUBLIC_ONLY_FLAGS) == public - set(flags.FLAGS)
-    out = run_main('--notrain', '--sample', '--nosuchflag')
+    out = run_main_in_process('--notrain', '--sample', '--nosuchflag')
     assert out.returncode == 2 and 'nosuchflag' in out.stderr
 
 

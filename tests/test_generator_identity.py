@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import recognition.sources as RS
-from helpers import TINY, run_main
+from helpers import TINY, run_main, run_main_in_process
 from test_classify import DIGITS, assert_user_error, cfg_of, records
 
 FAST = ['--cls_epochs=1', '--synthetic_fill=2']
@@ -90,7 +90,7 @@ def test_newest_loadable_checkpoint_unless_a_step_is_given(tmp_path, generator):
     # a run without a loadable checkpoint: one line, nothing written
     for name in ('ckpt_0.pt', 'ckpt_1.pt'):
         (run / name).unlink()
-    none = run_main(*DIGITS, *FAST, f'--synthetic_logdir={run}', f'--logdir={tmp_path / "c"}')
+    none = run_main_in_process(*DIGITS, *FAST, f'--synthetic_logdir={run}', f'--logdir={tmp_path / "c"}')
     assert none.returncode == 2 and 'no loadable checkpoint' in none.stderr.splitlines()[-1]
     assert not (tmp_path / 'c').exists()
 
@@ -121,7 +121,7 @@ def test_sampling_settings_default_to_the_generators(tmp_path, generator):
 def test_a_generator_of_other_data_is_refused_unless_asked(tmp_path, generator):
     logdir = tmp_path / 'cls'
     args = [*DIGITS, *FAST, '--ckpt_step=2', f'--logdir={logdir}']
-    out = run_main(*args, '--imb_factor=0.2', f'--synthetic_logdir={generator}')
+    out = run_main_in_process(*args, '--imb_factor=0.2', f'--synthetic_logdir={generator}')
     assert_user_error(out, logdir, '--imb_factor 0.1 (here 0.2)', '--synthetic_other_data')
     # another data set of the same image size and classes
     mnist = tmp_path / 'mnist'
@@ -129,7 +129,7 @@ def test_a_generator_of_other_data_is_refused_unless_asked(tmp_path, generator):
     text = (mnist / 'flagfile.txt').read_text().replace('--data_type=digitslt',
                                                         '--data_type=mnistlt')
     (mnist / 'flagfile.txt').write_text(text)
-    out = run_main(*args, f'--synthetic_logdir={mnist}')
+    out = run_main_in_process(*args, f'--synthetic_logdir={mnist}')
     assert_user_error(out, logdir, '--data_type mnistlt (here digitslt)')
     out = run_main(*args, f'--synthetic_logdir={mnist}', '--synthetic_other_data')
     assert out.returncode == 0, out.stderr[-3000:]
@@ -182,7 +182,7 @@ def test_drawn_features_belong_to_their_classifier(tmp_path):
     retrained = run_main(*train, '--noresume', '--cls_lr=0.02')
     assert retrained.returncode == 0, retrained.stderr[-3000:]
     # the feature model in LOGDIR/feature_diffusion is the old classifier's: refused, one line
-    again = run_main(*args)
+    again = run_main_in_process(*args)
     lines = again.stderr.strip().splitlines()
     assert again.returncode == 2 and len(lines) == 1, again.stdout[-2000:] + again.stderr[-2000:]
     assert 'features of another classifier' in lines[0]

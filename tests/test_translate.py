@@ -11,7 +11,7 @@ import torch
 import recognition.translate as T
 from diffusion import GaussianDiffusionSampler
 from evaluation import generate
-from helpers import ROOT, TINY, run_main
+from helpers import ROOT, TINY, run_main, run_main_in_process
 from oracle import GaussianOracle
 from utils import UserError
 
@@ -181,6 +181,6 @@ def test_bad_translation_input_is_one_line_and_writes_nothing(tmp_path, diffusio
 
 
 def test_translate_needs_a_diffusion_run(tmp_path):
-    out = run_main(*DIGITS, '--synthetic_source=translate', f'--logdir={tmp_path / "cls"}')
+    out = run_main_in_process(*DIGITS, '--synthetic_source=translate', f'--logdir={tmp_path / "cls"}')
     assert out.returncode == 2 and '--synthetic_logdir' in out.stderr.strip().splitlines()[-1]
     assert not (tmp_path / 'cls').exists()
