@@ -59,6 +59,8 @@ def save_grid(images, labels, path, per_row=10):
     """The first `per_row` images of every class, a row per class, enlarged 4x."""
     from torchvision.utils import make_grid
     from PIL import Image
+    # fewer images a class than per_row: shorter rows, so that each row stays one class
+    per_row = min(per_row, *(int((labels == c).sum()) for c in range(NUM_CLASS)))
     picks = np.concatenate([np.flatnonzero(labels == c)[:per_row] for c in range(NUM_CLASS)])
     grid = make_grid(torch.from_numpy(images[picks]), nrow=per_row, pad_value=1.0)
     array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

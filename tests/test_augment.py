@@ -74,27 +74,47 @@ def test_draw_frequencies_and_distributions():
         assert abs(v.abs().mean() - math.pi / 2) < 4.5 * se, name  # uniform, not N(0, 1)
 
 
-def test_draw_order_is_the_public_pipelines():
-    """Each column is drawn for the whole batch, in the spec's order, from one generator."""
-    b, p = 64, 0.3
-    d = A.draw(b, p=p, generator=torch.Generator().manual_seed(5))
-    g = torch.Generator().manual_seed(5)
-    a0 = torch.randint(2, (b,), generator=g).float()
-    on = (torch.rand(b, generator=g) < p).float()
-    a1 = torch.randint(2, (b,), generator=g).float() * on
-    on = (torch.rand(b, generator=g) < p).float()
-    a2 = torch.randn(b, generator=g) * on
-    on = (torch.rand(b, generator=g) < p).float()
-    a3 = (torch.rand(b, generator=g) * 2 * math.pi - math.pi) * on
-    on = (torch.rand(b, generator=g) < p).float()
-    a4 = (torch.rand(b, generator=g) * 2 * math.pi - math.pi) * on
-    a5 = torch.randn(b, generator=g) * on
-    on = (torch.rand(b, generator=g) < p).float()
-    a6, a7 = torch.randn(b, generator=g) * on, torch.randn(b, generator=g) * on
-    assert torch.equal(d, torch.stack([a0, a1, a2, a3, a4, a5, a6, a7], 1))
-    # the global RNG when no generator is given
+def test_draw_honours_p_with_independent_operations_and_its_generator():
+    """At another p (0.3): each of the five gated operations is on for a fraction p of the
+    images, independently of the others (every pair together for p^2), the y-flip for p / 2;
+    the values of one image are independent draws (a6 and a7, a2 and a5 uncorrelated). p 0 and
+    p 1 switch the gated operations off and on for every image. The draws come from the given
+    generator (same seed: same draws; another seed: others) or, without one, from the global
+    torch RNG."""
+    n, p = N_DRAWS, 0.3
+    d = A.draw(n, p=p, generator=torch.Generator().manual_seed(5))
+    a0, a1, a2, a3, a4, a5, a6, a7 = d.unbind(1)
+    assert _within(int(a0.sum()), n, 0.5) and _within(int(a1.sum()), n, p / 2)
+    on = {'yflip': None, 'scale': a2 != 0, 'rot': a3 != 0, 'aniso': a5 != 0, 'shift': a6 != 0}
+    assert torch.equal(a4 != 0, on['aniso']) and torch.equal(a7 != 0, on['shift'])
+    del on['yflip']        # its gate is seen only where the coin says 1: checked via p / 2
+    for name, mask in on.items():
+        assert _within(int(mask.sum()), n, p), name
+    names = list(on)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            both = int((on[first] & on[second]).sum())
+            assert _within(both, n, p * p), (first, second, both)
+    # the x-flip and the y-flip coin are not the same draw
+    assert _within(int((a0.bool() & a1.bool()).sum()), n, 0.5 * p / 2)
+    shift, aniso = on['shift'], on['aniso'] & on['scale']
+    for x, y in ((a6[shift], a7[shift]), (a2[aniso], a5[aniso])):
+        r = torch.corrcoef(torch.stack([x, y]))[0, 1]
+        assert abs(r) < 4.5 / math.sqrt(len(x)), r
+    # p = 0: only the always-drawn x-flip; p = 1: every gated operation on every image
+    off = A.draw(500, p=0.0, generator=torch.Generator().manual_seed(1))
+    assert torch.count_nonzero(off[:, 1:]) == 0 and 0 < int(off[:, 0].sum()) < 500
+    full = A.draw(500, p=1.0, generator=torch.Generator().manual_seed(1))
+    assert bool((full[:, 2:] != 0).all()) and _within(int(full[:, 1].sum()), 500, 0.5)
+    # reproducible from the generator; another seed, other draws; the global RNG without one
+    first = A.draw(64, p=p, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(A.draw(64, p=p, generator=torch.Generator().manual_seed(5)), first)
+    other = A.draw(64, p=p, generator=torch.Generator().manual_seed(6))
+    assert not torch.equal(other, first)
     torch.manual_seed(5)
-    assert torch.equal(A.draw(b, p=p), d)
+    assert torch.equal(A.draw(64, p=p), first)
+    torch.manual_seed(6)
+    assert torch.equal(A.draw(64, p=p), other)
 
 
 def test_conditioning_is_the_raw_draws():

@@ -1,8 +1,10 @@
 """Training fidelity with the public CBDM code (the spec's "Command line" and "Training
 objective"): its flagfiles load, fine-tuning and warm starts begin from the EMA weights with a
 new Adam and warm-up, a changed --lr on resume is honoured."""
+import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,7 +134,14 @@ def test_public_flagfile_samples(public_run):
                    '--omega=1.0', '--sampler=ddim', '--sample_steps=5', env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     _one_warning(out.stderr)
-    assert (logdir / 'sample_cfg_1.0_STEP1_ddim5quad_clip.npy').is_file()
+    # what the public flagfile asks for (20 images of 8 x 8, 10 classes), drawn with the flags
+    stem = logdir / 'sample_cfg_1.0_STEP1_ddim5quad_clip'
+    images, labels = np.load(f'{stem}.npy'), np.load(f'{stem}_labels.npy')
+    assert images.shape == (20, 3, 8, 8) and images.min() >= 0 and images.max() <= 1
+    assert labels.shape == (20,) and 0 <= labels.min() and labels.max() < 10
+    settings = json.loads(open(f'{stem}_sampler.json').read())
+    assert (settings['sampler'], settings['sample_steps'], settings['clip_denoised']) == (
+        'ddim', 5, True)
 
 
 def test_public_flagfile_evaluates(public_run):

@@ -70,6 +70,17 @@ def run_as_written(work, text, env, timeout=600):
     return out
 
 
+def png_array(path):
+    from PIL import Image
+    return np.asarray(Image.open(path).convert('RGB'))
+
+
+def drawn_in_colour(path):
+    """A 1100 x 400 two-panel plot with coloured series (the axes alone are grey)."""
+    image = png_array(path).astype(int)
+    return image.shape == (400, 1100, 3) and (image.max(2) - image.min(2) > 100).sum() > 100
+
+
 @pytest.fixture(scope='module')
 def work(tmp_path_factory):
     """A folder laid out as the README assumes (./config, ./stats, ./logs) with random Inception
@@ -93,7 +104,10 @@ def test_training(work):
     tmp, _ = work
     for run, cb in (('mnistlt_cbdm', True), ('mnistlt_ddpm', False)):
         folder = tmp / 'logs' / run
-        assert (folder / 'ckpt_4.pt').is_file() and (folder / 'sample' / '4.png').is_file()
+        from checkpoint import load_checkpoint
+        assert load_checkpoint(str(folder / 'ckpt_4.pt'))['step'] == 4
+        # the grid of --sample_size 100: a row of 10 per class, 16 x 16 cells padded by 2, x4
+        assert png_array(folder / 'sample' / '4.png').shape == (4 * 182, 4 * 182, 3)
         text = (folder / 'flagfile.txt').read_text()
         assert '--data_type=mnistlt' in text and '--img_size=16' in text
         assert ('--cb\n' in text) == cb and ('--nocb\n' in text) == (not cb)
@@ -109,9 +123,11 @@ def test_sample_eval_and_classify(work):
         'clip_denoised'] is True
 
     run_as_written(tmp, command('python main.py --make_stats'), env)
-    assert (tmp / 'stats' / 'mnist.train.npz').is_file()
     with np.load(tmp / 'stats' / 'mnist.train_feats.npz') as z:
         assert len(z['labels']) == 60
+        feats = z['feats']
+    with np.load(tmp / 'stats' / 'mnist.train.npz') as z:                # the same 60 images
+        assert np.allclose(z['mu'], feats.mean(0), atol=1e-4)
     run_as_written(tmp, command('python main.py --notrain --eval'), env)
     record = json.loads((folder / 'eval.jsonl').read_text().splitlines()[-1])
     from samplers import RECOMMENDED
@@ -143,8 +159,9 @@ def test_generators_script(work):
     for cell in rows['**all**'].split(' | ')[2:]:
         value = float(cell.strip(' |'))
         assert np.isfinite(value)
-    for name in ('DDPM', 'CBDM'):
-        assert (tmp / 'docs' / f'mnistlt_generators_{name}.png').is_file()
+    for name in ('DDPM', 'CBDM'):       # a row per class of its 6 images, 16 x 16 padded by 2, x4
+        grid = png_array(tmp / 'docs' / f'mnistlt_generators_{name}.png')
+        assert grid.shape == (4 * (10 * 18 + 2), 4 * (6 * 18 + 2), 3), grid.shape
 
 
 def test_sampler_table_script(work):
@@ -176,7 +193,7 @@ def test_sampler_table_script(work):
         assert ' ± ' in r
     for r in table[1:]:
         assert r.endswith(('| yes |', '| no |'))
-    assert (tmp / 'docs' / 'sampler_mnistlt.png').is_file()
+    assert drawn_in_colour(tmp / 'docs' / 'sampler_mnistlt.png')
     # a rerun reads every set from the cache (nothing drawn) and writes the same table
     before = out_md.read_text()
     cache = tmp / 'logs' / 'mnistlt_cbdm' / 'sampler_table'
@@ -204,4 +221,5 @@ def test_translation_command(work):
     record = json.loads((folder / 'eval.jsonl').read_text())
     assert record['synthetic_source'] == 'translate' and record['translate_strength'] == 0.5
     assert record['translate_from'] == 'many' and record['num_generated'] == 50
-    assert (folder / 'translate_pairs_s0.5.png').is_file()
+    # a row per target class (10) of 5 source -> translation pairs, 16 x 16 padded by 2, x4
+    assert png_array(folder / 'translate_pairs_s0.5.png').shape == (4 * 182, 4 * 182, 3)

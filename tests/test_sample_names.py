@@ -68,10 +68,31 @@ def test_evaluations_with_other_samplers_keep_their_own_files(setup):
     assert out.returncode == 2 and 'saved_N10_STEP1_ddim5quad_eta1.npy' in out.stderr
 
 
-def test_sample_name_default_is_main_s():
+def names_of(*args):
+    """(--sample's file stem, --eval's set name) for these command-line arguments, read by
+    main.py's own flags."""
+    from absl import flags
     import evaluation
     import main
-    assert main.FLAGS['sample_name'].default == evaluation.DEFAULT_SAMPLE_NAME
+    try:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(['main.py', '--conditional', '--cfg', '--omega=1.0', '--ckpt_step=7',
+                     '--num_images=10', *args])
+        cfg = main.config()
+        return evaluation.sample_stem(cfg), evaluation.sample_name(cfg)
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def test_without_sample_name_the_files_are_named_after_their_settings():
+    """No --sample_name: --sample names its files after what drew them (so two samplers never
+    share a file) and --eval keeps the reference's 'saved_N{n}_STEP{step}'; with one, --sample
+    writes exactly that stem and --eval puts it in place of 'saved'."""
+    stem, name = names_of()
+    assert stem == 'sample_cfg_1.0_STEP7' and name == 'saved_N10_STEP7'
+    stem, name = names_of('--sampler=ddim', '--sample_steps=5')
+    assert stem == 'sample_cfg_1.0_STEP7_ddim5quad_clip' and name == 'saved_N10_STEP7_ddim5quad'
+    assert names_of('--sample_name=mine') == ('mine', 'mine_N10_STEP7')
 
 
 def test_sample_files_carry_the_sampler(setup):

@@ -79,4 +79,9 @@ def test_readme_digits_command_as_written(tmp_path):
     assert rows[2].startswith('| ddpm | 10 | on | 20 | 1 |')        # --ddpm_clip_seeds 0
     assert [r.split(' | ')[:3] for r in rows[3:]] == [['| dpm++2m-sde', '2', 'off'],
                                                       ['| dpm++2m-sde', '2', 'on']]
-    assert (tmp_path / 'docs' / 'sampler_digits_demo.png').is_file()
+    # the plot: 1100 x 400, the dpm++2m-sde series drawn in colour (the axes alone are grey)
+    import numpy as np
+    from PIL import Image
+    image = np.asarray(Image.open(tmp_path / 'docs' / 'sampler_digits_demo.png').convert('RGB'))
+    assert image.shape == (400, 1100, 3)
+    assert (image.astype(int).max(2) - image.astype(int).min(2) > 100).sum() > 100

@@ -1,7 +1,6 @@
 """Sampling that holds up on a trained model (issue #16): the x0 prediction clipped inside the
 loop, per-image seeded noise (no dependence on the batch size), the default of each use and
 --sampler auto, the settings in every record, and the SDEdit start of the sampler."""
-import dataclasses
 import json
 import types
 
@@ -17,8 +16,7 @@ from grids import draw_grid
 from helpers import TINY, fake_cifar10lt_with_stats, run_main
 from model import UNet
 from oracle import GaussianOracle
-from samplers import (RECOMMENDED, RECOMMENDED_SYNTHETIC, USE_DEFAULTS, ImageNoise,
-                      make_scheduler, recommended, resolve)
+from samplers import ImageNoise, make_scheduler, resolve
 
 SHAPE = (3, 2, 2)
 SAMPLERS = ('ddpm', 'ddim', 'dpm++2m', 'dpm++2m-sde', 'unipc')
@@ -189,48 +187,90 @@ def test_sample_grid_does_not_depend_on_the_batch_size(tiny_unet):
 
 
 # --- settings, per use and auto ---------------------------------------------------------------
-def test_use_defaults_and_auto_resolve_in_one_place():
-    # the per-use table: the paper's DDPM for --eval, the recommended settings elsewhere
-    s = resolve(None, 20, 'auto', 0.0, None, 'eval', T=1000)
-    assert (s.sampler, s.clip_denoised, s.auto, s.use) == ('ddpm', False, False, 'eval')
-    assert USE_DEFAULTS['eval'] == {'sampler': 'ddpm', 'clip_denoised': False}
-    for use in ('grid', 'sample'):
-        assert USE_DEFAULTS[use] == {'sampler': 'auto', 'clip_denoised': True}
-    # chosen by the learned-model tables: DPM-Solver++(2M) SDE, 20 lu steps, clipped
-    assert RECOMMENDED == {'sampler': 'dpm++2m-sde', 'sample_steps': 20, 'spacing': 'lu',
-                           'eta': 0.0, 'clip_denoised': True}
-    keys = ('sampler', 'sample_steps', 'spacing', 'eta', 'clip_denoised')
-    for sampler, use in ((None, 'synthetic'), ('auto', 'synthetic'), ('auto', 'eval'),
-                         ('auto', 'grid'), ('auto', 'sample'), (None, 'grid'),
-                         (None, 'sample')):
-        s = resolve(sampler, 7, 'uniform', 0.3, None, use, T=1000)  # flags ignored under auto
-        # generated training sets: RECOMMENDED_SYNTHETIC (the recognition outcome), the other
-        # uses RECOMMENDED (the quality table)
-        rec = RECOMMENDED_SYNTHETIC if use == 'synthetic' else RECOMMENDED
-        assert recommended(use)[1] is rec
-        assert (s.sampler, s.sample_steps, s.spacing, s.eta, s.clip_denoised) == tuple(
-            rec[k] for k in keys) and s.auto
-    # measured on MNIST-LT: unclipped stochastic DDIM 50 trains the better classifiers
-    assert USE_DEFAULTS['synthetic'] == {'sampler': 'auto', 'clip_denoised': False}
-    assert (RECOMMENDED_SYNTHETIC['sampler'], RECOMMENDED_SYNTHETIC['sample_steps'],
-            RECOMMENDED_SYNTHETIC['eta'], RECOMMENDED_SYNTHETIC['clip_denoised']) == (
-        'ddim', 50, 1.0, False)
-    # an explicit --clip_denoised / --noclip_denoised always wins
-    assert not resolve('auto', 7, 'auto', 0.0, False, 'sample', T=1000).clip_denoised
-    assert resolve(None, 7, 'auto', 0.0, True, 'eval', T=1000).clip_denoised
-    assert not resolve(None, 7, 'auto', 0.0, False, 'grid', T=1000).clip_denoised
-    # an explicit sampler keeps its flags and takes the use's clipping
-    s = resolve('ddim', 7, 'uniform', 0.3, None, 'eval', T=1000)
-    assert (s.sampler, s.sample_steps, s.spacing, s.eta, s.clip_denoised) == (
-        'ddim', 7, 'uniform', 0.3, False)
-    assert resolve('dpm++2m-sde', 7, 'auto', 0.0, None, 'sample').spacing == 'lu'
-    # auto never asks for more steps than the model has, nor a spacing it cannot place
-    assert resolve('auto', 7, 'auto', 0.0, None, 'eval', T=10).sample_steps == min(
-        RECOMMENDED['sample_steps'], 10)
-    s = resolve(None, 7, 'auto', 0.0, None, 'grid', T=1)
-    assert (s.sampler, s.sample_steps, s.spacing) == (RECOMMENDED['sampler'], 1, 'default')
-    gds = make(torch.nn.Identity(), s.sampler, s.clip_denoised, T=1, steps=1, spacing=s.spacing)
-    assert gds.settings('cfg', 1.0)['nfe_per_image'] == 2
+# What each use draws with by default and what --sampler auto stands for, as explicit flags (the
+# README's statement of them): --eval the paper's DDPM over all T steps unclipped; grids,
+# --sample and auto for --eval DPM-Solver++(2M) SDE, 20 lu steps, clipped; generated training
+# sets (auto or unset) stochastic DDIM, 50 quad steps, eta 1, unclipped
+EXPLICIT_DEFAULT = {'eval': dict(sampler='ddpm', clip_denoised=False)}
+EXPLICIT_RECOMMENDED = dict(sampler='dpm++2m-sde', sample_steps=20, spacing='lu', eta=0.0,
+                            clip_denoised=True)
+EXPLICIT_SYNTHETIC = dict(sampler='ddim', sample_steps=50, spacing='quad', eta=1.0,
+                          clip_denoised=False)
+for use in ('grid', 'sample'):
+    EXPLICIT_DEFAULT[use] = EXPLICIT_RECOMMENDED
+EXPLICIT_DEFAULT['synthetic'] = EXPLICIT_SYNTHETIC
+EXPLICIT_AUTO = {'eval': EXPLICIT_RECOMMENDED, 'grid': EXPLICIT_RECOMMENDED,
+                 'sample': EXPLICIT_RECOMMENDED, 'synthetic': EXPLICIT_SYNTHETIC}
+
+
+@pytest.fixture(scope='module')
+def unet_t50():
+    """A tiny conditional UNet for T = 50 whose x0 predictions leave [-1, 1] (clipping acts)."""
+    torch.manual_seed(1)
+    net = UNet(T=50, ch=32, ch_mult=[1], attn=[], num_res_blocks=1, dropout=0.0, cond=True,
+               num_class=5).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return net
+
+
+def draw_with(net, use, **flags):
+    """Images 0..3 (seed 0, labels 0..3, 'cond') drawn by build_sampler for `use` under these
+    flags (the rest: cfg_namespace's), and the sampler's settings record."""
+    gds = build_sampler(cfg_namespace(**flags), net, 5, use)
+    images, _ = generate(gds, 4, 4, 8, 'cpu', 'cond', 0.0, 0, 'test',
+                         classes=torch.arange(4))
+    return images, gds.settings('cond')
+
+
+def test_each_use_and_auto_draw_what_their_explicit_flags_draw(unet_t50, capsys):
+    """The default of every use (no --sampler) and --sampler auto (whatever --sample_steps,
+    --spacing and --eta say) draw exactly the images of the explicit flags they stand for; with
+    the other clipping, the same flags draw other images (so clipping is part of what is
+    compared). An explicit --noclip_denoised / --clip_denoised wins over auto's and the use's."""
+    explicit = {}
+
+    def explicit_draw(flags):
+        key = tuple(sorted(flags.items()))
+        if key not in explicit:
+            explicit[key] = draw_with(unet_t50, 'eval', **flags)
+        return explicit[key]
+
+    for use in ('eval', 'grid', 'sample', 'synthetic'):
+        for sampler, flags, want in ((None, {}, EXPLICIT_DEFAULT[use]),
+                                     ('auto', dict(sample_steps=7, spacing='uniform', eta=0.3),
+                                      EXPLICIT_AUTO[use])):
+            images, settings = draw_with(unet_t50, use, sampler=sampler, **flags)
+            want_images, want_settings = explicit_draw(want)
+            assert np.array_equal(images, want_images), (use, sampler)
+            assert settings == want_settings, (use, sampler)
+            other_clip, _ = explicit_draw({**want, 'clip_denoised': not want['clip_denoised']})
+            assert np.abs(other_clip - want_images).max() > 1e-3, (use, sampler)
+    for use, clip in (('sample', False), ('eval', True), ('synthetic', True)):
+        images, _ = draw_with(unet_t50, use, sampler='auto', clip_denoised=clip)
+        assert np.array_equal(images, explicit_draw({**EXPLICIT_AUTO[use],
+                                                     'clip_denoised': clip})[0]), (use, clip)
+    images, _ = draw_with(unet_t50, 'grid', clip_denoised=False)
+    assert np.array_equal(images, explicit_draw({**EXPLICIT_RECOMMENDED,
+                                                 'clip_denoised': False})[0])
+    # an explicit sampler keeps its own flags and takes the use's clipping
+    gds = build_sampler(cfg_namespace(sampler='ddim', sample_steps=7, spacing='uniform',
+                                      eta=0.3), unet_t50, 5, 'eval')
+    assert (gds.settings('cond')['sample_steps'], gds.spacing, gds.eta,
+            gds.clip_denoised) == (7, 'uniform', 0.3, False)
+    capsys.readouterr()
+
+
+def test_auto_fits_a_short_schedule_and_refuses_nothing_it_chose():
+    """Auto never asks for more steps than the model has, nor a spacing it cannot place: at
+    T = 10 it runs 10 steps, at T = 1 one step with 'default' spacing (2 evaluations guided)."""
+    for T, steps in ((10, 10), (1, 1)):
+        gds = build_sampler(cfg_namespace(sampler='auto', T=T), torch.nn.Identity(), 3, 'grid')
+        settings = gds.settings('cfg', 1.0)
+        assert settings['sampler'] == 'dpm++2m-sde' and settings['sample_steps'] == steps
+        assert settings['nfe_per_image'] == 2 * len(gds.timesteps()) and gds.clip_denoised
+        assert len(gds.timesteps()) == steps
+    assert gds.spacing == 'default'
     with pytest.raises(ValueError, match='--spacing default'):
         from samplers import set_timesteps
         set_timesteps(make_scheduler('dpm++2m-sde', torch.linspace(1e-4, 0.02, 1), 'lu'), 1)
@@ -238,14 +278,6 @@ def test_use_defaults_and_auto_resolve_in_one_place():
         resolve(None, 7, 'auto', 0.0, None, 'bogus')
     with pytest.raises(ValueError):
         resolve('ddpm', 7, 'lu', 0.0, None, 'eval')
-
-
-def test_recommended_is_a_valid_setting():
-    s = resolve('auto', 1, 'auto', 0.0, None, 'eval', T=1000)
-    gds = make(torch.nn.Identity(), s.sampler, s.clip_denoised, T=1000, steps=s.sample_steps,
-               eta=s.eta, spacing=s.spacing)
-    assert gds.settings('cond')['sample_steps'] == (1000 if s.sampler == 'ddpm'
-                                                    else RECOMMENDED['sample_steps'])
 
 
 def cfg_namespace(**kwargs):
@@ -256,19 +288,23 @@ def cfg_namespace(**kwargs):
 
 
 def test_build_sampler_says_what_auto_resolved_to(capsys):
+    """--sampler auto prints the settings of the sampler it built, in words, and which table
+    they come from; an explicit sampler prints nothing."""
     gds = build_sampler(cfg_namespace(sampler='auto'), torch.nn.Identity(), 3, 'synthetic')
-    s = resolve('auto', 50, 'auto', 0.0, None, 'synthetic', T=50)
-    assert capsys.readouterr().out.strip() == (f'--sampler auto (synthetic): {s.describe()} '
-                                               f'(samplers.RECOMMENDED_SYNTHETIC)')
     got = gds.settings('cond')
-    assert (got['sampler'], got['spacing'], got['clip_denoised']) == (
-        s.sampler, s.spacing, s.clip_denoised)
+    assert (got['sampler'], got['sample_steps'], got['spacing'], got['eta']) == (
+        'ddim', 50, 'quad', 1.0)
+    assert capsys.readouterr().out.strip() == (
+        '--sampler auto (synthetic): ddim, 50 steps, quad spacing, eta 1, clip_denoised off '
+        '(samplers.RECOMMENDED_SYNTHETIC)')
     build_sampler(cfg_namespace(), torch.nn.Identity(), 3, 'eval')
     assert capsys.readouterr().out == ''  # only auto (given or a use's default) announces itself
-    build_sampler(cfg_namespace(), torch.nn.Identity(), 3, 'grid')
-    assert capsys.readouterr().out.startswith('--sampler auto (grid): dpm++2m-sde')
-    assert build_sampler(cfg_namespace(), torch.nn.Identity(), 3, 'grid').clip_denoised
-    assert not build_sampler(cfg_namespace(), torch.nn.Identity(), 3, 'eval').clip_denoised
+    gds = build_sampler(cfg_namespace(), torch.nn.Identity(), 3, 'grid')
+    assert capsys.readouterr().out.strip() == (
+        '--sampler auto (grid): dpm++2m-sde, 20 steps, lu spacing, clip_denoised on '
+        '(samplers.RECOMMENDED)')
+    assert (gds.sampler, gds.sample_steps, gds.spacing, gds.clip_denoised) == (
+        'dpm++2m-sde', 20, 'lu', True)
 
 
 class Counter(torch.nn.Module):
@@ -381,24 +417,22 @@ def test_use_defaults_through_main(cli_run):
     logdir, env, eval_args = cli_run
     base = [f'--flagfile={logdir}/flagfile.txt', '--notrain', '--ckpt_step=1']
     stem = logdir / 'sample_cfg_1.0_STEP1'
-    # --sample (default: RECOMMENDED, clipped) redraws the training grid (default: the same)
-    # exactly: same noise, labels and weights
+    # --sample (default: DPM-Solver++(2M) SDE, 20 lu steps, clipped) redraws the training grid
+    # (default: the same) exactly: same noise, labels and weights
     out = run_main(*base, '--sample', env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     settings = json.loads((logdir / 'sample_cfg_1.0_STEP1_sampler.json').read_text())
-    assert (settings['sampler'], settings['clip_denoised'], settings['sampler_flag']) == (
-        RECOMMENDED['sampler'], True, None)
-    assert settings['sample_steps'] == RECOMMENDED['sample_steps']
-    assert settings['nfe_per_image'] == 2 * RECOMMENDED['sample_steps']      # guided
+    assert (settings['sampler'], settings['sample_steps'], settings['spacing'],
+            settings['clip_denoised'], settings['sampler_flag']) == (
+        'dpm++2m-sde', 20, 'lu', True, None)
+    assert settings['nfe_per_image'] == 2 * 20      # guided
     grid = png(logdir / 'sample' / '1.png')
     assert np.array_equal(png(f'{stem}.png'), grid)
     # the barely trained model predicts x0 far outside [-1, 1]: unclipped, the same noise draws
     # another grid, so the training grid was drawn clipped
     out = run_main(*base, '--sample', '--noclip_denoised', env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    unclipped = resolve(None, 50, 'auto', 0.0, False, 'sample', T=50).tag()
-    assert unclipped == 'dpm++2m-sde20lu'
-    assert not np.array_equal(png(f'{stem}_{unclipped}.png'), grid)   # named after what differs
+    assert not np.array_equal(png(f'{stem}_dpm++2m-sde20lu.png'), grid)  # named after what differs
     # --eval (default: the paper's DDPM over all T steps, unclipped), in eval.jsonl and beside
     # the samples
     out = run_main(*base, '--eval', *eval_args, '--sample_name=defaults', env=env)
@@ -417,28 +451,30 @@ def test_use_defaults_through_main(cli_run):
 def test_sampler_auto_through_main(cli_run):
     logdir, env, eval_args = cli_run
     base = [f'--flagfile={logdir}/flagfile.txt', '--notrain', '--ckpt_step=1']
-    # auto takes all five settings from samplers.RECOMMENDED whatever --sample_steps, --spacing
-    # and --eta say, prints them and records them
+    # auto stands for DPM-Solver++(2M) SDE, 20 lu steps, clipped, whatever --sample_steps,
+    # --spacing and --eta say; it prints them and records them
     out = run_main(*base, '--eval', *eval_args, '--sample_name=auto', '--sampler=auto',
                    '--sample_steps=3', '--spacing=uniform', env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    s = resolve('auto', 3, 'uniform', 0.0, None, 'eval', T=50)
-    assert f'--sampler auto (eval): {s.describe()} (samplers.RECOMMENDED)' in out.stdout
-    nfe = make(torch.nn.Identity(), s.sampler, s.clip_denoised, T=50, steps=s.sample_steps,
-               eta=s.eta, spacing=s.spacing).settings('cfg', 1.0)['nfe_per_image']
-    rec = last_record(logdir, f'auto_N6_STEP1_{s.tag()}')  # named after the settings
+    assert ('--sampler auto (eval): dpm++2m-sde, 20 steps, lu spacing, clip_denoised on '
+            '(samplers.RECOMMENDED)') in out.stdout
+    rec = last_record(logdir, 'auto_N6_STEP1_dpm++2m-sde20lu_clip')  # named after the settings
     assert (rec['sampler'], rec['sample_steps'], rec['spacing'], rec['clip_denoised'],
-            rec['nfe_per_image'], rec['sampler_flag']) == (
-        s.sampler, s.sample_steps, s.spacing, s.clip_denoised, nfe, 'auto')
-    assert rec['eta'] == (s.eta if s.sampler == 'ddim' else None)
-    # an explicit --noclip_denoised is honoured under auto
+            rec['nfe_per_image'], rec['sampler_flag'], rec['eta']) == (
+        'dpm++2m-sde', 20, 'lu', True, 40, 'auto', None)
+    # an explicit --noclip_denoised is honoured under auto: it draws exactly what the explicit
+    # flags draw
     out = run_main(*base, '--sample', '--sampler=auto', '--noclip_denoised', env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'clip_denoised off' in out.stdout
-    unclipped = dataclasses.replace(s, clip_denoised=False).tag()
-    settings = json.loads((logdir / f'sample_cfg_1.0_STEP1_{unclipped}_sampler.json').read_text())
+    stem = logdir / 'sample_cfg_1.0_STEP1_dpm++2m-sde20lu'
+    settings = json.loads(stem.with_name(stem.name + '_sampler.json').read_text())
     assert (settings['sampler'], settings['clip_denoised'], settings['sampler_flag']) == (
-        s.sampler, False, 'auto')
+        'dpm++2m-sde', False, 'auto')
+    out = run_main(*base, '--sample', '--sampler=dpm++2m-sde', '--sample_steps=20',
+                   '--spacing=lu', '--noclip_denoised', '--sample_name=explicit', env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert np.array_equal(np.load(f'{stem}.npy'), np.load(logdir / 'explicit.npy'))
 
 
 @pytest.mark.parametrize('args, flag', [
@@ -462,8 +498,8 @@ def test_auto_is_accepted_whatever_steps_spacing_and_eta_say(tmp_path):
                    '--sample_step=1', '--sample_size=2', '--sampler=auto', '--sample_steps=60',
                    '--spacing=lu', '--eta=0.5', f'--logdir={tmp_path}/run')
     assert out.returncode == 0, out.stderr[-3000:]
-    s = resolve('auto', 60, 'lu', 0.5, None, 'grid', T=50)
-    assert f'--sampler auto (grid): {s.describe()}' in out.stdout
+    assert '--sampler auto (grid): dpm++2m-sde, 20 steps, lu spacing, clip_denoised on' in (
+        out.stdout)
     assert (tmp_path / 'run' / 'sample' / '1.png').is_file()
 
 

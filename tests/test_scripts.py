@@ -234,14 +234,23 @@ def test_ddpm_script_end_to_end(tmp_path, torch_home):
 
     p = run_script('make_stats.sh', data, DATASETS='cifar10', **env)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert (stats / 'cifar10.train.npz').is_file()
-    assert (stats / 'cifar10.train_feats.npz').is_file()
+    # the statistics of the balanced training set (3 images a class), not of the LT subset
+    import numpy as np
+    with np.load(stats / 'cifar10.train_feats.npz') as z:
+        feats, labels = z['feats'], z['labels']
+    assert feats.shape == (30, 2048) and np.sort(labels).tolist() == sorted(list(range(10)) * 3)
+    with np.load(stats / 'cifar10.train.npz') as z:
+        assert np.allclose(z['mu'], feats.mean(0), atol=1e-4)
+        assert z['sigma'].shape == (2048, 2048)
 
     row_env = dict(env, TOTAL_STEPS=3, SAVE_STEP=1, SAMPLE_STEP=0, EVAL_CKPT=2, NUM_IMAGES=4)
     p = run_script('cifar10lt_ddpm.sh', data, logs, **row_env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     run_dir = logs / 'cifar10lt_ddpm'
-    assert (run_dir / 'ckpt_2.pt').is_file() and (run_dir / 'flagfile.txt').is_file()
+    from checkpoint import load_checkpoint
+    assert load_checkpoint(str(run_dir / 'ckpt_2.pt'))['step'] == 2
+    flags = (run_dir / 'flagfile.txt').read_text().splitlines()
+    assert {'--data_type=cifar10lt', '--total_steps=3', '--save_step=1'} <= set(flags)
     lines = (run_dir / 'eval.jsonl').read_text().splitlines()
     assert len(lines) == 1
     rec = json.loads(lines[0])

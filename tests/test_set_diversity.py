@@ -31,11 +31,16 @@ def test_set_diversity_on_known_sets(tmp_path):
     train, train_y = sd.real_set(D.build_dataset('mnistlt', '', 16))
     rng = np.random.default_rng(0)
     copies = np.repeat(train[train_y == 9][:1], 50, axis=0)            # one real tail image
+    # every class one real image 100 times over: no spread within a class (only between them)
+    first = np.array([np.flatnonzero(real_y == c)[0] for c in range(10)])
+    collapsed_y = np.repeat(np.arange(10), 100)
     specs = [save_set(tmp_path, 'real', real, real_y),
              save_set(tmp_path, 'noise', rng.random(real.shape), real_y),
              save_set(tmp_path, 'binary', (real > 0.5).astype(np.float32), real_y),
              save_set(tmp_path, 'copies', np.concatenate([real, copies]),
-                      np.concatenate([real_y, np.full(50, 9)]))]
+                      np.concatenate([real_y, np.full(50, 9)])),
+             save_set(tmp_path, 'collapsed', real[first[collapsed_y]], collapsed_y),
+             save_set(tmp_path, 'shuffled', real, rng.permutation(real_y))]
     out_md = tmp_path / 'table.md'
     p = run('--sets', *specs, '--judge_dir', tmp_path / 'judge', '--judge_epochs', '2',
             '--out', out_md)
@@ -45,7 +50,11 @@ def test_set_diversity_on_known_sets(tmp_path):
         cells = [c.strip() for c in line.strip('|').split('|')]
         rows[cells[0]] = dict(zip([k for k, _, _ in sd.COLUMNS], map(float, cells[1:])))
     assert rows['real']['n'] == 1000 and rows['real']['acc'] > 0.8
-    assert abs(rows['real']['spread'] - 1) < 1e-6               # the reference itself
+    # spread is within-class: a class of copies has none, a class holding every digit (labels
+    # shuffled) far more than a real class
+    assert rows['collapsed']['spread'] < 0.01 and rows['collapsed']['acc'] > 0.5
+    assert rows['shuffled']['spread'] > 1.3 * rows['real']['spread']
+    assert 0.8 < rows['real']['spread'] < 1.25       # the real test split is the reference
     assert rows['noise']['acc'] < 0.3 and rows['noise']['unsure'] > rows['real']['unsure']
     assert rows['binary']['saturated'] == 1.0 and rows['real']['saturated'] < 1.0
     # 50 copies of one real tail image pull the tail's nearest-real distance towards 0

@@ -145,8 +145,21 @@ def test_classify_with_translated_images(tmp_path, diffusion_run):
     assert np.bincount(labels, minlength=10).tolist() == [4] * 10
     src_labels = real.targets[sources]
     assert set(src_labels) <= {0, 1} and (src_labels != labels).all()
-    grid = logdir / 'translate_pairs_s0.3.png'
-    assert grid.stat().st_size > 500
+    # the pairs grid: a row per target class (10), 5 pairs a row (4 filled), 8 x 8 cells padded
+    # by 2 and scaled to 64; a row starts with its class's first source, then its translation
+    from PIL import Image
+    png = np.asarray(Image.open(logdir / 'translate_pairs_s0.3.png').convert('RGB')) / 255
+    assert png.shape == (8 * 102, 8 * 102, 3)
+
+    def cell(row, col):
+        y, x = 8 * (2 + 10 * row), 8 * (2 + 10 * col)
+        return png[y:y + 64:8, x:x + 64:8].transpose(2, 0, 1)
+    for c in (0, 9):
+        i = np.flatnonzero(labels == c)[0]
+        source = (real[int(sources[i])][0].numpy() + 1) / 2
+        assert np.abs(cell(c, 0) - source).max() < 1 / 255, c
+        assert np.abs(cell(c, 1) - np.load(saved)[i]).max() < 1 / 255, c
+        assert (cell(c, 9) == 1).all() and not (cell(c, 7) == 1).all(), c
     # the translated images stay close to their sources (strength 0.3 of a 100-step schedule)
     images = np.load(saved).astype(np.float32) * 2 - 1
     starts = torch.stack([real[int(i)][0] for i in sources]).numpy()
