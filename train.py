@@ -187,6 +187,17 @@ def honour_lr(cfg, run):
               f'position {run.sched.last_epoch} kept)')
 
 
+def check_checkpoint_data(path, ckpt, data):
+    """UserError when the checkpoint records training data other than `data`
+    (dataset.data_identity): a checkpoint left from before a --noresume run on other data is
+    newer than the new run's own and would otherwise be resumed silently."""
+    recorded = ckpt.get('data_sha256')
+    if recorded is not None and recorded != data['items_sha256']:
+        raise UserError(f'checkpoint {path} was trained on other data than this run (left from '
+                        f'before a --noresume start on other data?); move it away, use another '
+                        f'--logdir, or pass --noresume')
+
+
 def restore(cfg, run):
     """Phase 3: where to start. Resume (the newest loadable checkpoint of the run folder) wins;
     else --finetune starts from the pretrained run's ckpt_{ckpt_step}.pt and --ckpt_step N > 0
@@ -205,6 +216,7 @@ def restore(cfg, run):
         resumed = None  # the run folder holds nothing newer than the warm start's own source
     if resumed:
         path, ckpt = resumed
+        check_checkpoint_data(path, ckpt, run.data)
         load_training_state(ckpt, path, run.net_model, run.ema_model, run.optim, run.sched,
                             run.scaler)
         honour_lr(cfg, run)
@@ -282,6 +294,7 @@ def save(cfg, run, step):
             'sched': run.sched.state_dict(), 'optim': run.optim.state_dict(), 'step': step,
             'fixed_x_T': run.fixed_x_T, 'fixed_y': run.fixed_y, 'rng': rng_state(),
             'scaler': run.scaler.state_dict(), 'class_counts': run.dataset.class_counts,
+            'data_sha256': run.data['items_sha256'],
         }
         run.last_saved_path = save_checkpoint(state, run.out_dir, step, keep=cfg.keep_ckpt)
     run.last_saved = step

@@ -157,6 +157,10 @@ def test_training_refuses_to_resume_on_other_data(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((logdir / 'data.json').read_text()) == identity(imb_factor=0.5)
     assert '--imb_factor=0.5' in (logdir / 'flagfile.txt').read_text().splitlines()
+    # ckpt_1 and ckpt_2 are left from the old data and newer than the new run's ckpt_0: refused
+    out = run_main_in_process(*tiny, '--total_steps=3', '--imb_factor=0.5')
+    assert out.returncode == 2 and len(errors(out)) == 1, out.stderr[-3000:]
+    assert 'ckpt_2.pt was trained on other data' in errors(out)[0]
 
 
 # ----------------------------------------------------------------------------------------------
