@@ -123,7 +123,9 @@ DOMAINS = {
     'cls_drw_epoch': ('classify', ints(0, 3), ints(-5, -1)),
     'cls_la_tau': ('classify', floats(0.0, 3.0), finite_neg()),
     # head-to-tail translation (--synthetic_source translate)
-    'translate_strength': ('translate', floats(1e-3, 1.0),
+    # valid from one noise step of the world's T = 20 generator (round(s T) >= 1); below it the
+    # one-line refusal of tests/test_translate_schedule.py
+    'translate_strength': ('translate', floats(0.03, 1.0),
                            st.one_of(floats(hi=0.0), floats(lo=1.0 + 1e-9, hi=10.0),
                                      st.just(NAN))),
     'translate_from': ('translate', st.sampled_from(['many', 'all', 'many+medium', 'few',

@@ -271,9 +271,15 @@ def test_auto_fits_a_short_schedule_and_refuses_nothing_it_chose():
         assert settings['nfe_per_image'] == 2 * len(gds.timesteps()) and gds.clip_denoised
         assert len(gds.timesteps()) == steps
     assert gds.spacing == 'default'
-    with pytest.raises(ValueError, match='--spacing default'):
-        from samplers import set_timesteps
-        set_timesteps(make_scheduler('dpm++2m-sde', torch.linspace(1e-4, 0.02, 1), 'lu'), 1)
+    # a log-SNR grid over one noise level: the run's one step starts at the training sigma of
+    # t = 0, as the default spacing's does (main.py still asks for --spacing default at --T 1)
+    from samplers import set_timesteps
+    for spacing in ('lu', 'default'):
+        scheduler = make_scheduler('dpm++2m-sde', torch.linspace(1e-4, 0.02, 1), spacing)
+        assert set_timesteps(scheduler, 1) == [0]
+        assert torch.allclose(scheduler.sigmas.double(),
+                              torch.tensor([(1e-4 / (1 - 1e-4)) ** 0.5, 0.], dtype=torch.float64),
+                              rtol=1e-4)
     with pytest.raises(ValueError):
         resolve(None, 7, 'auto', 0.0, None, 'bogus')
     with pytest.raises(ValueError):
