@@ -16,6 +16,7 @@ from recognition.losses import LOSSES as CLS_LOSSES
 from recognition.models import ARCHS as CLS_ARCHS
 from recognition.translate import parse_from as parse_translate_from
 from dataset import DATA_TYPES, IMB_TYPES, REF_SPLITS
+from flagfiles import read_flagfile
 from samplers import ETA_SAMPLERS, SAMPLERS, SPACINGS, flag_samplers, use_defaults_text
 from utils import UserError
 
@@ -371,6 +372,8 @@ register_domains()
 # --name=true|false; 'value': --name=V or --name V.
 PUBLIC_ONLY_FLAGS = {'improve': 'bool', 'weight': 'bool', 'cotrain': 'bool', 'logit': 'bool',
                      'num_class': 'value', 'private_num_images': 'value'}
+# the public-only flags that take a value ('--num_class' then '100' on the next flagfile line)
+PUBLIC_VALUE_FLAGS = frozenset(n for n, kind in PUBLIC_ONLY_FLAGS.items() if kind == 'value')
 
 
 def public_only_flag(arg):
@@ -410,115 +413,13 @@ def drop_public_only_flags(args, origins):
     return kept, kept_origins
 
 
-def _flag_name(arg):
-    """(name, value or None) of a flag argument '--name=value' / '-name' (one or two dashes)."""
-    name, eq, value = arg.lstrip('-').partition('=')
-    return name, (value if eq else None)
-
-
-def _takes_next_line(name):
-    """Whether '--name' alone on a flagfile line takes the next line as its value (absl: a
-    defined non-boolean flag; also a public-only value flag, dropped later)."""
-    if name in FLAGS:
-        return not FLAGS[name].boolean
-    return PUBLIC_ONLY_FLAGS.get(name) == 'value'
-
-
-def _flag_setting(name, value):
-    """(flag name, comparable value) that a flagfile's '--name[=value]' sets: booleans as
-    True / False (--name, --noname, --name=false), other values parsed by the flag's own parser
-    so that 0.0001 equals 1e-4; a value its parser refuses (absl reports it later) as text."""
-    if name not in FLAGS and name.startswith('no') and name[2:] in FLAGS and value is None:
-        return name[2:], False
-    if name in FLAGS and FLAGS[name].boolean and value is None:
-        return name, True
-    try:
-        return name, FLAGS[name].parser.parse(value) if name in FLAGS else value
-    except (ValueError, TypeError, flags.Error):
-        return name, value
-
-
-def _warn_repeated(path, settings):
-    """One warning line per single-valued flag that `settings` ({name: [(line, raw value,
-    parsed value)]}, one flagfile's own lines) sets to different values."""
-    for name, given in settings.items():
-        if name in FLAGS and isinstance(FLAGS[name], flags.MultiFlag):
-            continue  # --ch_mult 1 --ch_mult 2: each line adds an entry
-        if len({repr(v) for _, _, v in given}) > 1:
-            values = ', '.join(f'line {n}: {raw}' for n, raw, _ in given)
-            print(f'warning: flagfile {path} gives --{name} {len(given)} times with different '
-                  f'values ({values}); the last one applies', file=sys.stderr)
-
-
-def read_flagfile(path, stack=()):
-    """The arguments of flagfile `path` as absl's read_flags_from_files expands them: one per
-    line, stripped; blank lines and comments (# or //) skipped; a '--flagfile=F' line expanded
-    in place (F relative to the working directory; a file already being expanded is ignored
-    with a warning). Stricter than absl, which passes anything else on as a positional
-    argument that the run then ignores: a UTF-8 byte-order mark is stripped (editors write it
-    as a file signature); a line that is not a flag ('--name', '--name=value', one or two
-    dashes), nor the value of a non-boolean flag named alone on a line before it (absl's
-    '--lr' then '0.1'), is a UserError naming the file and line. A single-valued flag given
-    twice with different values in the file itself is one warning line (a nested flagfile's
-    values may differ: a later line overrides them on purpose)."""
-    if path in stack:
-        print(f'warning: flagfile {stack[-1]} includes {path} inside itself; ignoring that '
-              f'--flagfile', file=sys.stderr)
-        return []
-    try:
-        with open(path, encoding='utf-8-sig') as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f'flagfile {path}: not UTF-8 text') from None
-    except OSError as e:
-        raise UserError(f'--flagfile {path}: cannot be read ({e.strerror})') from None
-    args, settings, pending = [], {}, None  # pending: (line, name) awaiting its value line
-    for n, raw in enumerate(lines, 1):
-        line = raw.strip()
-        where = f'flagfile {path} line {n}'
-        if not line or line.startswith(('#', '//')):
-            continue
-        if pending is not None:
-            if line.startswith('-'):
-                break  # the flag before has no value: reported below
-            args.append(line)
-            settings.setdefault(pending[1], []).append((pending[0], line,
-                                                        _flag_setting(pending[1], line)[1]))
-            pending = None
-            continue
-        name, value = _flag_name(line)
-        if not line.startswith('-') or not name or any(c.isspace() for c in name):
-            raise UserError(f'{where}: {line!r} is not a flag; write --name=value, one flag per '
-                            f'line (comments start with # or //)')
-        if name == 'flagfile':
-            if value is None:
-                raise UserError(f'{where}: {line!r}: write --flagfile=PATH on one line')
-            if not value.strip():
-                continue  # absl ignores an empty --flagfile=
-            nested = os.path.expanduser(value.strip())
-            if not os.path.isfile(nested):
-                raise UserError(f'{where}: --flagfile {nested}: no such file')
-            args += read_flagfile(nested, stack + (path,))
-            continue
-        args.append(line)
-        if value is None and _takes_next_line(name):
-            pending = (n, name)
-            continue
-        setting = _flag_setting(name, value)
-        settings.setdefault(setting[0], []).append((n, value or line, setting[1]))
-    if pending is not None:
-        raise UserError(f'flagfile {path} line {pending[0]}: --{pending[1]} has no value; write '
-                        f'--{pending[1]}=VALUE')
-    _warn_repeated(path, settings)
-    return args
-
-
 def expand_argv(argv):
     """Expand --flagfile arguments so that values given on the command line replace the
     flagfiles' values: single-valued flags whatever their position, and multi-valued flags
     (--ch_mult, --attn) instead of being appended to them (absl's behaviour). Flags of the
     public CBDM code that we do not use are dropped (see PUBLIC_ONLY_FLAGS). Flagfiles are read
-    by read_flagfile: a line that is not a flag is an error, not an ignored argument."""
+    by flagfiles.read_flagfile: a line that is not a flag is an error, not an ignored
+    argument."""
     args, origins = [], []
     i = 1
     while i < len(argv):
@@ -529,7 +430,7 @@ def expand_argv(argv):
             path = os.path.expanduser(arg.split('=', 1)[1].strip())  # as absl reads it
             if not os.path.isfile(path):
                 raise UserError(f'--flagfile {path}: no such file')
-            expanded = read_flagfile(path)
+            expanded = read_flagfile(path, FLAGS, PUBLIC_VALUE_FLAGS)
             args += expanded
             origins += ['file'] * len(expanded)
         else:
