@@ -45,7 +45,7 @@ from recognition.loop import newest_classifier_checkpoint
 from recognition.losses import weighted_loss
 from recognition.models import build_classifier
 from recognition.reports import accuracy_report, score_line, test_results, write_report
-from recognition.sources import data_identity, fill_counts, parse_fill, weights_sha256
+from recognition.sources import fill_counts, flags_data_identity, parse_fill, weights_sha256
 from runfolder import StopRequest, remove_stale_temporaries
 from utils import UserError, save_npz
 
@@ -152,9 +152,9 @@ def sampling_settings(cfg):
 def stage_settings(cfg, stage, num_class, classifier_ckpt):
     """Everything that defines the stage's result: {'features': ..., 'head': ...} of plain
     values (the feature part is None with --feat_source none): the classifier by its weights
-    (whatever folder holds it), the training data by its flags (data_identity) and counts."""
+    (whatever folder holds it), the training data by its flags (flags_data_identity) and counts."""
     classifier = {'classifier_sha256': weights_sha256(classifier_ckpt['model']),
-                  'data': data_identity(cfg),
+                  'data': flags_data_identity(cfg),
                   'class_counts': np.asarray(classifier_ckpt.get('class_counts', [])).tolist()}
     features = None
     if cfg.feat_source == 'diffusion':

@@ -111,7 +111,7 @@ def generator_step(cfg):
     return int(CKPT_RE.match(os.path.basename(path)).group(1))
 
 
-def data_identity(flags):
+def flags_data_identity(flags):
     """The training data that a namespace of flags names: --data_type, with --imb_factor and
     --imb_type where they draw the subset, the folder of imagefolder (absolute) and the listing
     of ImageNet-LT / iNaturalist (the --list_file name, '' for the default)."""
@@ -127,8 +127,8 @@ def data_identity(flags):
 
 def check_generator_data(cfg, run, path):
     """UserError unless the generator run (flags `run`, read from `path`) was trained on the
-    classifier's data (data_identity), or --synthetic_other_data accepts it anyway."""
-    mine, theirs = data_identity(cfg), data_identity(run)
+    classifier's data (flags_data_identity), or --synthetic_other_data accepts it anyway."""
+    mine, theirs = flags_data_identity(cfg), flags_data_identity(run)
     if mine == theirs or cfg.synthetic_other_data:
         return
     differ = ', '.join(f'--{k} {theirs.get(k, "-")} (here {mine.get(k, "-")})'
